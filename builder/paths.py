@@ -1,0 +1,123 @@
+"""The ``<repo>/<name>/<version>`` layout TF Serving polls, owned in one place.
+
+TF Serving loads any child of a model's base path whose name parses as an integer, the moment it
+appears, with no completeness check. So versions are always staged under a non-numeric name and
+renamed into place; every reader here ignores non-numeric names exactly as the server does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+from builder.errors import VersionError
+
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+BUILD_INFO_FILE = Path("assets.extra") / "build_info.json"
+MANIFEST_FILE = Path("assets.extra") / "manifest.json"
+STAGING_PREFIX = ".staging-"
+
+_VERSION_RE = re.compile(r"^[0-9]+$")
+
+
+def is_version_name(name: str) -> bool:
+    """True for names TF Serving treats as versions (all digits, fits in int64)."""
+    return bool(_VERSION_RE.match(name)) and int(name) < 2**63
+
+
+def list_versions(model_dir: str | os.PathLike) -> list[int]:
+    """Numeric version directories under a model base path, ascending."""
+    p = Path(model_dir)
+    if not p.is_dir():
+        return []
+    return sorted(int(c.name) for c in p.iterdir() if c.is_dir() and is_version_name(c.name))
+
+
+def list_models(repo: str | os.PathLike) -> list[str]:
+    """Model names in a repository: directories that are not hidden/staging entries."""
+    p = Path(repo)
+    if not p.is_dir():
+        return []
+    return sorted(c.name for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
+
+
+def version_dir(repo: str | os.PathLike, name: str, version: int) -> Path:
+    return Path(repo) / name / str(int(version))
+
+
+def parse_version(value: object) -> int | None:
+    """``auto``/None -> None; otherwise a positive integer, or a VersionError naming the flag."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return None
+    try:
+        v = int(str(value).strip())
+    except ValueError:
+        raise VersionError(
+            f"--version {value!r} is not a version: use a positive integer or 'auto'"
+        ) from None
+    if v <= 0 or v >= 2**63:
+        raise VersionError(f"--version {v} is out of range: use an integer in 1..2^63-1 or 'auto'")
+    return v
+
+
+def next_version(model_dir: str | os.PathLike) -> int:
+    versions = list_versions(model_dir)
+    return (versions[-1] + 1) if versions else 1
+
+
+def new_staging_dir(model_dir: str | os.PathLike, tag: str = "") -> Path:
+    """A fresh non-numeric directory beside the versions; the server ignores it."""
+    p = Path(model_dir)
+    p.mkdir(parents=True, exist_ok=True)
+    d = p / f"{STAGING_PREFIX}{tag}{'-' if tag else ''}{os.getpid()}-{secrets.token_hex(4)}"
+    d.mkdir()
+    return d
+
+
+def clean_stale_staging(model_dir: str | os.PathLike) -> list[Path]:
+    """Remove staging dirs left by processes that died (SIGKILL cannot run cleanup)."""
+    removed = []
+    p = Path(model_dir)
+    if not p.is_dir():
+        return removed
+    for c in p.iterdir():
+        if not c.name.startswith(STAGING_PREFIX):
+            continue
+        m = re.search(r"(\d+)-[0-9a-f]{8}$", c.name)
+        pid = int(m.group(1)) if m else None
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue
+        if pid == os.getpid():
+            continue
+        shutil.rmtree(c, ignore_errors=True)
+        removed.append(c)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file in the same directory and rename: readers see old or new, never half."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
