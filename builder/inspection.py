@@ -1,0 +1,178 @@
+"""``python -m builder inspect``: what is in a SavedModel / version / model dir / repository.
+
+Reads ``saved_model.pb`` directly as a protobuf (no session, no TensorFlow runtime), so it is
+cheap and safe on artefacts that could not even load here (e.g. TF-TRT engines without a GPU).
+"""
+
+from __future__ import annotations
+
+import json as _json
+import struct
+from pathlib import Path
+from typing import Any
+
+from builder import compat, paths
+from builder.errors import InputError
+
+
+def _read_saved_model(path: Path) -> Any:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    pb = path / "saved_model.pb"
+    if not pb.exists():
+        raise InputError(f"{path}: no saved_model.pb (not a SavedModel directory)")
+    try:
+        sm.ParseFromString(pb.read_bytes())
+    except Exception:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise InputError(f"{pb}: not a SavedModel protobuf (corrupt or truncated)") from None
+    return sm
+
+
+def saved_model_graph_defs(path: str | Path) -> list[Any]:
+    return [mg.graph_def for mg in _read_saved_model(Path(path)).meta_graphs]
+
+
+def count_tfrecords(path: Path) -> int:
+    """Count records by walking TFRecord framing (u64 length, u32 crc, data, u32 crc)."""
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(8)
+            if not head:
+                return n
+            if len(head) < 8:
+                raise InputError(f"{path}: truncated TFRecord file")
+            (length,) = struct.unpack("<Q", head)
+            f.seek(4 + length + 4, 1)
+            n += 1
+
+
+def _dtype_name(enum: int) -> str:
+    import tensorflow as tf
+
+    try:
+        return tf.as_dtype(enum).name
+    except TypeError:
+        return str(enum)
+
+
+def _shape(proto: Any) -> list[int] | None:
+    if proto.unknown_rank:
+        return None
+    return [int(d.size) for d in proto.dim]
+
+
+def inspect_saved_model(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    sm = _read_saved_model(path)
+    out: dict[str, Any] = {"path": str(path), "meta_graphs": []}
+    has_trt = False
+    for mg in sm.meta_graphs:
+        saver_scope = []
+        if mg.saver_def.filename_tensor_name:
+            saver_scope.append(mg.saver_def.filename_tensor_name.split("/")[0])
+        hist = compat.op_histogram(mg.graph_def)
+        trt = sorted(compat.trt_ops(mg.graph_def))
+        has_trt = has_trt or bool(trt)
+        out["meta_graphs"].append({
+            "tags": list(mg.meta_info_def.tags),
+            "tensorflow_version": mg.meta_info_def.tensorflow_version,
+            "signatures": {
+                key: {
+                    "method_name": sig.method_name,
+                    "inputs": {k: {"tensor": v.name, "dtype": _dtype_name(v.dtype),
+                                   "shape": _shape(v.tensor_shape)} for k, v in sig.inputs.items()},
+                    "outputs": {k: {"tensor": v.name, "dtype": _dtype_name(v.dtype),
+                                    "shape": _shape(v.tensor_shape)} for k, v in sig.outputs.items()},
+                }
+                for key, sig in sorted(mg.signature_def.items())
+            },
+            "nodes": sum(hist.values()),
+            "functions": len(mg.graph_def.library.function),
+            "op_histogram": dict(hist.most_common()),
+            "trt_ops": trt,
+            "unsafe_ops": [{"node": n, "op": op}
+                           for n, op in compat.unsafe_nodes(mg.graph_def, saver_scope)],
+        })
+    var_dir = path / "variables"
+    out["variables_bytes"] = sum(p.stat().st_size for p in var_dir.rglob("*") if p.is_file()) \
+        if var_dir.is_dir() else 0
+    out["saved_model_bytes"] = (path / "saved_model.pb").stat().st_size
+    warm = path / paths.WARMUP_FILE
+    out["warmup_records"] = count_tfrecords(warm) if warm.exists() else 0
+    info = path / paths.BUILD_INFO_FILE
+    out["build_info"] = _json.loads(info.read_text()) if info.exists() else None
+    out["serving_images"] = compat.serving_images_summary(has_trt)
+    out["has_trt_ops"] = has_trt
+    return out
+
+
+def inspect_path(path: str | Path) -> dict[str, Any]:
+    """Resolve a SavedModel, version dir, model dir or repository and inspect every version."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or directory")
+    if (p / "saved_model.pb").exists():
+        return {"kind": "savedmodel", "versions": [inspect_saved_model(p)]}
+    if p.is_dir() and paths.list_versions(p):
+        return {"kind": "model", "name": p.name,
+                "versions": [inspect_saved_model(p / str(v)) for v in paths.list_versions(p)]}
+    models = [m for m in paths.list_models(p) if paths.list_versions(p / m)] if p.is_dir() else []
+    if models:
+        return {"kind": "repo", "models": {m: [inspect_saved_model(p / m / str(v))
+                                               for v in paths.list_versions(p / m)] for m in models}}
+    raise InputError(f"{p}: not a SavedModel, model directory (numeric versions) or repository")
+
+
+def _print_version(v: dict[str, Any], indent: str = "") -> None:
+    info = v.get("build_info") or {}
+    print(f"{indent}{v['path']}")
+    print(f"{indent}  saved_model.pb {v['saved_model_bytes']:,} B, variables {v['variables_bytes']:,} B,"
+          f" warmup records {v['warmup_records']}")
+    if info:
+        p = info.get("parity", {})
+        print(f"{indent}  built by tfs-builder {info.get('builder_version')}: flow={info.get('flow')} "
+              f"optimizer={info.get('optimizer')} precision={info.get('precision')} "
+              f"parity={'passed' if p.get('passed') else 'FAILED'} "
+              f"(max_abs_diff={p.get('max_abs_diff')}, min_cosine={p.get('min_cosine')})")
+    for mg in v["meta_graphs"]:
+        print(f"{indent}  tags {','.join(mg['tags'])}: {mg['nodes']} nodes, {mg['functions']} functions")
+        for key, sig in mg["signatures"].items():
+            print(f"{indent}    signature {key!r} ({sig['method_name']})")
+            for kind in ("inputs", "outputs"):
+                for k, t in sig[kind].items():
+                    shape = "?" if t["shape"] is None else "x".join("?" if d < 0 else str(d) for d in t["shape"])
+                    print(f"{indent}      {kind[:-1]:6} {k}: {t['tensor']} {t['dtype']} [{shape}]")
+        top = ", ".join(f"{op} {n}" for op, n in list(mg["op_histogram"].items())[:12])
+        print(f"{indent}    ops: {top}{' ...' if len(mg['op_histogram']) > 12 else ''}")
+        if mg["trt_ops"]:
+            print(f"{indent}    TensorRT ops: {', '.join(mg['trt_ops'])}")
+        if mg["unsafe_ops"]:
+            listed = ", ".join(f"{u['node']} ({u['op']})" for u in mg["unsafe_ops"][:6])
+            print(f"{indent}    WARNING file/Python ops: {listed}")
+    print(f"{indent}  loads in: {v['serving_images']}")
+
+
+def inspect_command(path: str = "", json: bool = False) -> None:  # noqa: A002 - the flag is --json
+    """Show signatures, ops, sizes, warmup, build_info and serving compatibility of a model.
+
+    Args:
+      path: A SavedModel dir, a version dir (REPO/NAME/VERSION), a model dir (REPO/NAME) or a
+        repository (REPO).
+      json: Print machine-readable JSON instead of text.
+    """
+    if not path:
+        raise InputError("inspect needs a PATH: python -m builder inspect REPO/NAME/VERSION")
+    result = inspect_path(path)
+    if json:
+        print(_json.dumps(result, indent=2, default=str))
+        return
+    if result["kind"] == "repo":
+        for name, versions in result["models"].items():
+            print(f"model {name}: versions {', '.join(Path(v['path']).name for v in versions)}")
+            for v in versions:
+                _print_version(v, "  ")
+        return
+    for v in result["versions"]:
+        _print_version(v)
