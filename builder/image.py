@@ -257,17 +257,23 @@ def check_models_config(text: str, source: str, models_dir: Path) -> list[str]:
 
 
 def _generate_models_config(models_dir: Path, out: Path) -> None:
-    """models.config for the copied repository, via the project's config command."""
+    """models.config (and batching/monitoring companions) via the project's config command."""
+    import contextlib
+    import io
+
     from builder import serving_config
 
-    serving_config.config_command(repo=str(models_dir), out=str(out),
-                                  base_path=CONTAINER_MODELS)
+    with contextlib.redirect_stdout(io.StringIO()):  # its "wrote <tmp path>" lines would mislead
+        serving_config.config_command(repo=str(models_dir), out=str(out),
+                                      base_path=CONTAINER_MODELS)
 
 
-def _default_batching_text() -> str:
+def _default_batching_text(models_dir: Path) -> str:
+    """allowed_batch_sizes = the sizes the copied versions were exported and warmed for."""
     from builder import batching
 
-    return batching.batching_parameters_text()
+    return batching.batching_parameters_text(batching.batch_sizes_from_repo(models_dir)
+                                             or [1, 8, 100])
 
 
 def _default_monitoring_text() -> str:
@@ -359,6 +365,12 @@ def prepare(
     cfg_text = _read_config(models_config, "--models_config")
     batching_text = _read_config(batching, "--batching")
     monitoring_text = _read_config(monitoring, "--monitoring")
+    from builder import batching as batching_mod
+
+    if batching_text is not None:
+        batching_mod.parse_batching_parameters(batching_text, f"--batching {batching}")
+    if monitoring_text is not None:
+        batching_mod.parse_monitoring_config(monitoring_text, f"--monitoring {monitoring}")
 
     artefacts = scan_repo(repo, models)
     gate(artefacts, base)
@@ -390,12 +402,17 @@ def prepare(
         else:
             cfg_path.write_text(cfg_text, encoding="utf-8")
         check_models_config(cfg_text, str(models_config or cfg_path), models_dir)
-        (config_dir / BATCHING_FILE).write_text(
-            batching_text if batching_text is not None else _default_batching_text(),
-            encoding="utf-8")
-        (config_dir / MONITORING_FILE).write_text(
-            monitoring_text if monitoring_text is not None else _default_monitoring_text(),
-            encoding="utf-8")
+        # Explicit files win; otherwise keep what the config command wrote beside
+        # models.config, or generate the defaults.
+        for fname, text, default in (
+            (BATCHING_FILE, batching_text, lambda: _default_batching_text(models_dir)),
+            (MONITORING_FILE, monitoring_text, _default_monitoring_text),
+        ):
+            target = config_dir / fname
+            if text is not None:
+                target.write_text(text, encoding="utf-8")
+            elif not target.is_file():
+                target.write_text(default(), encoding="utf-8")
         ctx = BuildContext(path=out, serving_tag=str(image_tag), models=chosen,
                            has_trt=any(a.has_trt for a in artefacts))
         (tmp / "build.json").write_text(json.dumps({
