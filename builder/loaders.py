@@ -163,6 +163,7 @@ def normalize_graph(
     output_alias: dict[str, str],
     source_label: str,
     input_shapes: dict[str, list[int | None]] | None = None,
+    known_nodes: Any = None,
 ) -> tuple[Any, list[TensorInfo], list[TensorInfo], dict[str, Any], dict[str, str]]:
     """Fold feeds, cut at inputs, prune to outputs; returns the graph, signature entries, the
     folded feed values and a map alias -> tensor name in the ORIGINAL graph (for parity)."""
@@ -172,6 +173,14 @@ def normalize_graph(
     nodes = {n.name: n for n in graph_def.node}
     all_names = list(nodes)
 
+    known = set(known_nodes or ()) | set(nodes)
+    pruned_before = [t for t in inputs if node_name(t) not in nodes and node_name(t) in known]
+    if pruned_before:
+        raise GraphError(
+            f"--inputs {','.join(pruned_before)}: not needed by --outputs {','.join(outputs)}; "
+            "remove it from --inputs (or check the output names)"
+        )
+    feeds = {f: v for f, v in feeds.items() if node_name(f) in nodes or node_name(f) not in known}
     for t in [*inputs, *outputs]:
         if node_name(t) not in nodes:
             flag = "--inputs" if t in inputs else "--outputs"
@@ -312,8 +321,14 @@ def normalize_graph(
 
 
 def _first_line(e: BaseException) -> str:
+    """The informative line of a (often many-line) TensorFlow error."""
     text = getattr(e, "message", None) or str(e)
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    noise = ("Graph execution error", "Detected at node", "Traceback", "File ", "[[", "Original stack",
+             "Node:", "Op:")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(noise)]
+    line = (useful or lines or [type(e).__name__])[0]
+    return line if len(line) <= 240 else line[:237] + "..."
 
 
 def _copy_graph_def(graph_def: Any) -> Any:
@@ -451,6 +466,7 @@ def _finish(
     frozen: Any,
     kw: dict,
     *,
+    known_nodes: Any = None,
     flow: str,
     path: Path,
     files: list[Path],
@@ -460,7 +476,7 @@ def _finish(
     close: Any = None,
 ) -> NormalizedModel:
     graph_def, sig_in, sig_out, feed_values, source_map = normalize_graph(
-        frozen, source_label=source_label, **kw
+        frozen, source_label=source_label, known_nodes=known_nodes, **kw
     )
     if runner is None:
         runner = _session_runner(session, source_map, feed_values)
@@ -507,8 +523,10 @@ def find_checkpoint(path: Path, checkpoint: str | None) -> tuple[Path, str]:
                 )
         else:
             prefix = state.model_checkpoint_path
-            if not os.path.isabs(prefix):
-                prefix = str(model_dir / prefix)
+            local = model_dir / Path(prefix).name
+            if not os.path.isabs(prefix) or Path(str(local) + ".index").exists():
+                # the copy in --model's directory wins over an absolute path from training
+                prefix = str(local if os.path.isabs(prefix) else model_dir / prefix)
             if not Path(prefix + ".index").exists():
                 alt = model_dir / Path(prefix).name
                 if not Path(str(alt) + ".index").exists():
@@ -560,7 +578,7 @@ def _load_checkpoint(path: Path, checkpoint: str | None, clear_devices: bool, **
         state = meta.parent / "checkpoint"
         files = [meta, *ckpt_files, *([state] if state.exists() else [])]
         model = _finish(frozen, kw, flow="checkpoint", path=path, files=files, source_label=label,
-                        session=sess)
+                        session=sess, known_nodes=[n.name for n in graph_def.node])
         ok = True
         return model
     finally:
@@ -702,7 +720,7 @@ def _load_savedmodel_tf1(path: Path, tags: list[str], signature: str, files: lis
         _require_io(kw, label, graph_def)
         frozen = _freeze_session(sess, graph_def, kw["outputs"], label)
         return _finish(frozen, kw, flow="savedmodel", path=path, files=files,
-                       source_label=label, session=sess)
+                       source_label=label, session=sess, known_nodes=[n.name for n in graph_def.node])
     except BaseException:
         sess.close()
         raise
@@ -744,11 +762,16 @@ def _freeze_function(fn: Any, kwargs_spec: dict[str, Any], kw: dict, *, flow: st
     if len(key_by_tensor) != len(placeholders):
         for t, (key, _spec) in zip(placeholders, sorted(kwargs_spec.items())):
             key_by_tensor.setdefault(t.name, key)
-    outputs = frozen_fn.structured_outputs
-    if not isinstance(outputs, dict):
-        flat = tf.nest.flatten(outputs)
-        outputs = {f"output_{i}": t for i, t in enumerate(flat)} if len(flat) > 1 else {"output": flat[0]}
-    out_by_tensor = {t.name: k for k, t in sorted(outputs.items())}
+    # output keys: the original structure's keys, in nest.flatten order (sorted dict keys)
+    structure = fn.structured_outputs
+    flat_out = list(frozen_fn.outputs)
+    if isinstance(structure, dict) and len(structure) == len(flat_out):
+        keys = sorted(structure)
+    elif len(flat_out) == 1:
+        keys = ["output"]
+    else:
+        keys = [f"output_{i}" for i in range(len(flat_out))]
+    out_by_tensor = {t.name: k for k, t in zip(keys, flat_out)}
     tensor_by_key = {**{v: k for k, v in key_by_tensor.items()}, **{v: k for k, v in out_by_tensor.items()}}
     fed = {node_name(f) for f in kw["feeds"]}
     if not kw["inputs"]:

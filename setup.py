@@ -1,0 +1,37 @@
+"""tfs-builder: TensorFlow models -> validated, versioned TensorFlow Serving model repositories.
+
+TensorFlow is pinned to 2.17.1: it is the last release that ships TF-TRT, and
+tensorflow/serving:2.17.x-gpu is the last serving image that loads TensorRT ops.
+(tensorflow-gpu==1.15, the seed tutorial's version, has no wheels past Python 3.7.)
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfs-builder",
+    version="0.1.0",
+    description="Turn TensorFlow models into TF Serving repositories (optionally TF-TRT) and prove they serve",
+    packages=find_packages(include=["builder", "builder.*"]),
+    python_requires=">=3.9,<3.13",
+    install_requires=[
+        "tensorflow==2.17.1",
+        "tensorflow-serving-api==2.17.1",
+        "keras==3.15.1",
+        "numpy==1.26.4",
+        "fire==0.7.1",
+        "requests==2.34.2",
+        "docker==7.1.0",
+    ],
+    extras_require={
+        "s3": ["fsspec==2025.10.0", "s3fs==2025.10.0"],
+        "gcs": ["fsspec==2025.10.0", "gcsfs==2025.10.0"],
+        "oci": ["oras==0.2.38"],
+        "deploy": ["PyYAML==6.0.3"],
+        "bench": ["matplotlib==3.10.7"],
+        "test": [
+            "pytest==9.2.0",
+            "ruff==0.17.6",
+        ],
+    },
+    entry_points={"console_scripts": ["tfs-builder=builder.cli:main"]},
+)

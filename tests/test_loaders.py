@@ -1,0 +1,205 @@
+"""Input flows -> NormalizedModel, on real tiny TF graphs in every format."""
+
+from __future__ import annotations
+
+import shutil
+
+import models
+import numpy as np
+import pytest
+from conftest import CKPT_FLAGS
+
+from builder import loaders
+from builder.errors import GraphError, InputError
+
+
+def _load(path, **kw):
+    flags = dict(CKPT_FLAGS)
+    flags.pop("input_shapes")
+    flags.update(kw)
+    shapes = {k: loaders.parse_shape(v) for k, v in kw.pop("input_shapes", {"input": "?x8x8x3"}).items()}
+    flags.pop("input_shapes", None)
+    return loaders.load(path, inputs=flags["inputs"], outputs=flags["outputs"], feeds=flags["feed"],
+                        input_alias=flags["input_alias"], input_shapes=shapes)
+
+
+def _ops(gd):
+    return {n.op for n in gd.node}
+
+
+def test_detect_flow(tiny_ckpt, tiny_frozen, tiny_tf1_sm, tiny_tf2_sm, tiny_keras, tmp_path):
+    assert loaders.detect_flow(tiny_ckpt) == "checkpoint"
+    assert loaders.detect_flow(next(tiny_ckpt.glob("*.meta"))) == "checkpoint"
+    assert loaders.detect_flow(tiny_frozen) == "frozen"
+    assert loaders.detect_flow(tiny_tf1_sm) == "savedmodel"
+    assert loaders.detect_flow(tiny_tf2_sm) == "savedmodel"
+    assert loaders.detect_flow(tiny_keras) == "keras"
+    with pytest.raises(InputError, match="--flow"):
+        loaders.detect_flow(tmp_path)
+    with pytest.raises(InputError, match="no such file"):
+        loaders.detect_flow(tmp_path / "missing")
+
+
+def test_checkpoint_flow_cuts_input_pipeline_and_matches_session(tiny_ckpt):
+    m = _load(tiny_ckpt)
+    try:
+        ops = _ops(m.graph_def)
+        # queue, file reader and py_func of the training pipeline are gone; 'input' is now a placeholder
+        assert not ops & {"PyFunc", "ReadFile", "QueueDequeueUpToV2", "QueueDequeueManyV2", "FIFOQueueV2"}
+        assert {n.name: n.op for n in m.graph_def.node}["input"] == "Placeholder"
+        assert "phase_train" not in {n.name for n in m.graph_def.node if n.op == "Placeholder"}
+        assert [(t.alias, t.tensor, t.dtype, t.shape) for t in m.inputs] == [("images", "input:0", "float32",
+                                                                              [None, 8, 8, 3])]
+        assert [(t.alias, t.shape) for t in m.outputs] == [("embeddings", [None, 6])]
+        assert m.feeds == {"phase_train": False}
+        x = np.random.default_rng(1).standard_normal((5, 8, 8, 3)).astype(np.float32)
+        got = m.run_source({"images": x})["embeddings"]
+        want = models.run_checkpoint(tiny_ckpt, x, phase_train=False)
+        np.testing.assert_array_equal(got, want)
+        # phase_train matters: training-mode batch norm gives different embeddings
+        assert np.abs(models.run_checkpoint(tiny_ckpt, x, phase_train=True) - want).max() > 1e-3
+        assert sorted(p.rsplit("/", 1)[1] for p in m.source_files) == [
+            "checkpoint", "model-20180402-114759.ckpt-7.data-00000-of-00001",
+            "model-20180402-114759.ckpt-7.index", "model-20180402-114759.meta"]
+    finally:
+        m.close()
+
+
+def test_unfed_placeholder_names_it_and_the_flag(tiny_ckpt):
+    with pytest.raises(GraphError) as e:
+        _load(tiny_ckpt, feed={})
+    msg = str(e.value)
+    assert "'phase_train'" in msg and "--feed phase_train=" in msg and "\n" not in msg
+
+
+def test_unknown_nodes_are_named_with_suggestions(tiny_ckpt):
+    with pytest.raises(GraphError, match=r"--outputs embedding: no node 'embedding'.*did you mean embeddings"):
+        _load(tiny_ckpt, outputs=["embedding"])
+    with pytest.raises(GraphError, match=r"--inputs inptu: no node"):
+        _load(tiny_ckpt, inputs=["inptu"], input_alias={}, input_shapes={})
+    with pytest.raises(GraphError, match=r"--feed phase: no node"):
+        _load(tiny_ckpt, feed={"phase": "false"})
+    with pytest.raises(InputError, match=r"--feed phase_train=maybe: not a valid bool"):
+        _load(tiny_ckpt, feed={"phase_train": "maybe"})
+
+
+def test_feed_must_be_a_placeholder(tiny_ckpt):
+    with pytest.raises(GraphError, match="not a placeholder"):
+        _load(tiny_ckpt, feed={"phase_train": "false", "prelogits": "1"})
+
+
+def test_explicit_checkpoint_and_foreign_absolute_state_path(tiny_ckpt, tmp_path):
+    d = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, d)
+    # a state file written on the training machine, with absolute paths that don't exist here
+    (d / "checkpoint").write_text('model_checkpoint_path: "/home/trainer/run1/model-20180402-114759.ckpt-7"\n')
+    m = _load(d)
+    m.close()
+    m = loaders.load(d, checkpoint=str(d / "model-20180402-114759.ckpt-7"), **_kw())
+    m.close()
+    with pytest.raises(InputError, match="--checkpoint .*nope"):
+        loaders.load(d, checkpoint=str(d / "nope"), **_kw())
+    (d / "checkpoint").unlink()
+    m = _load(d)  # a single *.index is unambiguous
+    m.close()
+
+
+def _kw():
+    return dict(inputs=["input"], outputs=["embeddings"], feeds={"phase_train": "false"},
+                input_shapes={"input": [None, 8, 8, 3]})
+
+
+def test_corrupt_checkpoint_data_is_a_user_error(tiny_ckpt, tmp_path):
+    d = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, d)
+    data = next(d.glob("*.data-*"))
+    data.write_bytes(b"\0" * 10)
+    with pytest.raises(InputError, match="checkpoint .*cannot restore"):
+        loaders.load(d, **_kw())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_frozen", "tiny_frozen_txt"])
+def test_frozen_flow_binary_and_text(fixture, request, tiny_ckpt):
+    path = request.getfixturevalue(fixture)
+    m = _load(path)
+    try:
+        x = np.random.default_rng(2).standard_normal((3, 8, 8, 3)).astype(np.float32)
+        np.testing.assert_allclose(m.run_source({"images": x})["embeddings"],
+                                   models.run_checkpoint(tiny_ckpt, x), atol=1e-6)
+    finally:
+        m.close()
+
+
+def test_corrupt_frozen_graph(tmp_path):
+    bad = tmp_path / "bad.pb"
+    bad.write_bytes(b"\x08\x96\x01garbage" * 3)
+    with pytest.raises(InputError, match=r"--model .*bad.pb: not a binary GraphDef"):
+        loaders.load(bad, outputs=["embeddings"])
+    empty = tmp_path / "empty.pb"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="no nodes"):
+        loaders.load(empty, outputs=["embeddings"])
+
+
+def test_tf1_savedmodel_signature_defaults_and_feed(tiny_tf1_sm, tiny_ckpt):
+    m = loaders.load(tiny_tf1_sm, feeds={"phase_train": "false"}, input_shapes={"input:0": [None, 8, 8, 3]})
+    try:
+        assert [t.alias for t in m.inputs] == ["images"]
+        assert [t.alias for t in m.outputs] == ["embeddings"]
+        x = np.random.default_rng(3).standard_normal((2, 8, 8, 3)).astype(np.float32)
+        np.testing.assert_allclose(m.run_source({"images": x})["embeddings"],
+                                   models.run_checkpoint(tiny_ckpt, x), atol=1e-6)
+    finally:
+        m.close()
+    with pytest.raises(InputError, match="--signature nope: not in"):
+        loaders.load(tiny_tf1_sm, signature="nope")
+    with pytest.raises(InputError, match="--tags gpu"):
+        loaders.load(tiny_tf1_sm, tags=["gpu"])
+
+
+def test_tf2_savedmodel(tiny_tf2_sm):
+    import tensorflow as tf
+
+    m = loaders.load(tiny_tf2_sm)
+    try:
+        assert [t.alias for t in m.inputs] == ["x"]
+        assert sorted(t.alias for t in m.outputs) == ["logits", "scores"]
+        assert {t.alias: t.shape for t in m.outputs} == {"logits": [None, 3], "scores": [None, 3]}
+        x = np.random.default_rng(4).standard_normal((4, 4)).astype(np.float32)
+        got = m.run_source({"x": x})
+        want = tf.saved_model.load(str(tiny_tf2_sm)).signatures["serving_default"](x=tf.constant(x))
+        np.testing.assert_allclose(got["logits"], want["logits"].numpy(), atol=1e-6)
+        assert not {n.op for n in m.graph_def.node} & {"VarHandleOp", "ReadVariableOp"}
+    finally:
+        m.close()
+
+
+def test_keras_flow(tiny_keras):
+    import keras
+
+    m = loaders.load(tiny_keras)
+    try:
+        assert [(t.alias, t.shape) for t in m.inputs] == [("features", [None, 6])]
+        x = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
+        got = list(m.run_source({"features": x}).values())[0]
+        want = keras.models.load_model(str(tiny_keras))(x, training=False)
+        np.testing.assert_allclose(got, np.asarray(want), atol=1e-6)
+    finally:
+        m.close()
+    bad = tiny_keras.parent / "broken.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="Keras model does not load"):
+        loaders.load(bad)
+
+
+def test_alias_errors(tiny_ckpt):
+    with pytest.raises(InputError, match="--input_alias foo=images"):
+        _load(tiny_ckpt, input_alias={"foo": "images"})
+    with pytest.raises(InputError, match="--input_alias input=bad key"):
+        _load(tiny_ckpt, input_alias={"input": "bad key"})
+
+
+def test_input_needed_by_outputs(tiny_ckpt):
+    with pytest.raises(GraphError, match="not needed by --outputs"):
+        loaders.load(tiny_ckpt, inputs=["input", "image_paths"], outputs=["embeddings"],
+                     feeds={"phase_train": "false"}, input_shapes={"input": [None, 8, 8, 3]})
