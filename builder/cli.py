@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         _quiet_tensorflow()
     try:
-        result = fire.Fire(_commands(), command=args, name="python -m builder")
+        result = fire.Fire(_commands(), command=args, name="builder")
     except BuilderError as e:
         if verbose:
             traceback.print_exc()
