@@ -1,0 +1,305 @@
+"""deploy: Kubernetes / KServe manifests, validated against real schemas.
+
+Kubernetes kinds are checked with kubernetes-validate's bundled OpenAPI schemas (strict), the
+InferenceService with the schema in builder.deploy written from the KServe v1beta1 CRD. The
+artefacts are real SavedModels (one with a TRTEngineOp node) so GPU detection and the gate run on
+what TF-TRT really writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes_validate import utils as kv
+
+from builder import batching, deploy, image
+from builder.cli import main
+from builder.errors import ConfigError
+
+K8S = "1.30"
+
+
+def _save_tiny(path: Path, optimizer: str = "none", trt: bool = False) -> None:
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": x * 2.0}
+
+    m = Tiny()
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+    if trt:
+        sm = saved_model_pb2.SavedModel()
+        sm.ParseFromString((path / "saved_model.pb").read_bytes())
+        node = sm.meta_graphs[0].graph_def.library.function[0].node_def.add()
+        node.name, node.op = "TRTEngineOp_000_000", "TRTEngineOp"
+        (path / "saved_model.pb").write_bytes(sm.SerializeToString())
+    (path / "assets.extra").mkdir(exist_ok=True)
+    (path / "assets.extra" / "build_info.json").write_text(json.dumps(
+        {"name": path.parent.name, "version": int(path.name), "optimizer": optimizer,
+         "batch_sizes": [1, 4]}))
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("deploy-repos")
+    _save_tiny(base / "plain" / "tiny" / "1")
+    shutil.copytree(base / "plain" / "tiny" / "1", base / "plain" / "tiny" / "2")
+    info = base / "plain" / "tiny" / "2" / "assets.extra" / "build_info.json"
+    info.write_text(info.read_text().replace('"version": 1', '"version": 2'))
+    _save_tiny(base / "trt" / "tiny" / "1", optimizer="tftrt", trt=True)
+    return {"plain": base / "plain", "trt": base / "trt"}
+
+
+def _deploy(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["deploy", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _by_kind(docs: list[dict]) -> dict[str, dict]:
+    return {d["kind"]: d for d in docs}
+
+
+def test_kubernetes_manifests_valid_and_wired(repos, tmp_path, capsys):
+    rc, out, err = _deploy(capsys, "--target", "kubernetes", "--name", "tiny", "--repo",
+                           str(repos["plain"]), "--base_path", "gs://bucket/models/tiny",
+                           "--out", str(tmp_path / "deploy"))
+    assert rc == 0, err
+    path = tmp_path / "deploy" / "tiny-kubernetes.yaml"
+    assert f"wrote {path}" in out and "kubectl apply -f" in out
+    docs = _docs(path)
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service",
+                                         "HorizontalPodAutoscaler"]
+    for d in docs:  # independent of the module's own check
+        assert kv.validate(d, K8S, strict=True) == K8S
+    k = _by_kind(docs)
+    dep, svc, hpa, cm = k["Deployment"], k["Service"], k["HorizontalPodAutoscaler"], k["ConfigMap"]
+
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "tensorflow/serving:2.17.0-gpu"
+    assert c["command"] == [image.SERVER_BINARY]
+    assert c["args"] == image.server_flags()  # the same flags as Dockerfile.serving
+    probe = c["readinessProbe"]["httpGet"]
+    assert probe == {"path": "/v1/models/tiny/metadata", "port": "http"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 8500, "http": 8501}
+    # a plain (non TF-TRT) artefact asks for no GPU, and says so
+    assert "nvidia.com/gpu" not in json.dumps(dep)
+    assert "no GPU requested" in out
+    assert c["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"},
+                              "limits": {"memory": "4Gi"}}
+    # every flag file is in the ConfigMap mounted at /config
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/config"]
+    (vol,) = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert vol["configMap"]["name"] == cm["metadata"]["name"]
+    for flag in c["args"]:
+        value = flag.split("=", 1)[1]
+        if value.startswith("/config/"):
+            assert value[len("/config/"):] in cm["data"], flag
+
+    # models.config pins the published (newest) version at the published base path
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    cfg = text_format.Parse(cm["data"]["models.config"], model_server_config_pb2.ModelServerConfig())
+    (entry,) = cfg.model_config_list.config
+    assert (entry.name, entry.base_path, entry.model_platform) == (
+        "tiny", "gs://bucket/models/tiny", "tensorflow")
+    assert list(entry.model_version_policy.specific.versions) == [2]
+    params = batching.parse_batching_parameters(cm["data"]["batching_parameters.txt"])
+    assert list(params.allowed_batch_sizes) == [1, 4]  # from build_info batch_sizes
+    batching.parse_monitoring_config(cm["data"]["monitoring.config"])
+
+    # Service and HPA point at the Deployment's pods
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels[k] == v for k, v in svc["spec"]["selector"].items())
+    assert dep["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    assert pod_labels["app.kubernetes.io/version"] == "2"
+    assert {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]} == {"grpc": "grpc",
+                                                                         "http": "http"}
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": dep["metadata"]["name"]}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    assert "replicas" not in dep["spec"], "an HPA owns the replica count"
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_trt_artefact_gets_gpu_and_gate(repos, tmp_path, capsys):
+    out_dir = tmp_path / "d"
+    rc, out, err = _deploy(capsys, "--name", "tiny", "--repo", str(repos["trt"]),
+                           "--base_path", "gs://b/models/tiny", "--out", str(out_dir),
+                           "--gpus", "2")
+    assert rc == 0, err
+    k = _by_kind(_docs(out_dir / "tiny-kubernetes.yaml"))
+    spec = k["Deployment"]["spec"]["template"]["spec"]
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+    kv.validate(k["Deployment"], K8S, strict=True)
+
+    for flags, msg in (
+        (["--image", "tensorflow/serving:2.17.0"], "CPU image"),
+        (["--image", "tensorflow/serving:2.18.0-gpu"], "cannot load TensorRT ops"),
+        (["--gpu", "false"], "need an NVIDIA GPU"),
+    ):
+        rc, out, err = _deploy(capsys, "--name", "tiny", "--repo", str(repos["trt"]),
+                               "--base_path", "gs://b/models/tiny", "--out",
+                               str(tmp_path / "refused"), *flags)
+        assert rc == 2 and msg in err, (flags, err)
+        assert len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "refused").exists()
+
+
+def test_kserve_inference_service(repos, tmp_path, capsys):
+    rc, out, err = _deploy(capsys, "--target", "kserve", "--name", "tiny", "--repo",
+                           str(repos["trt"]), "--base_path", "s3://bucket/models/tiny/",
+                           "--out", str(tmp_path), "--namespace", "ml")
+    assert rc == 0, err
+    docs = _docs(tmp_path / "tiny-kserve.yaml")
+    cm, isvc = docs
+    kv.validate(cm, K8S, strict=True)
+    deploy.validate_inference_service(isvc, K8S)
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert isvc["metadata"]["namespace"] == "ml" == cm["metadata"]["namespace"]
+    tf = isvc["spec"]["predictor"]["tensorflow"]
+    assert tf["storageUri"] == "s3://bucket/models/tiny"
+    assert tf["runtimeVersion"] == "2.17.0-gpu"
+    assert tf["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert f"--batching_parameters_file=/config/{image.BATCHING_FILE}" in tf["args"]
+    assert set(cm["data"]) == {"batching_parameters.txt", "monitoring.config"}
+    pred = isvc["spec"]["predictor"]
+    assert (pred["minReplicas"], pred["maxReplicas"], pred["scaleMetric"]) == (1, 4, "cpu")
+
+    # a plain artefact with the default -gpu image: CPU runtime (KServe rejects -gpu w/o a GPU)
+    rc, out, err = _deploy(capsys, "--target", "kserve", "--name", "tiny", "--repo",
+                           str(repos["plain"]), "--base_path", "gs://b/tiny", "--out",
+                           str(tmp_path / "cpu"), "--min_replicas", "0")
+    assert rc == 0, err
+    isvc = _docs(tmp_path / "cpu" / "tiny-kserve.yaml")[1]
+    assert isvc["spec"]["predictor"]["tensorflow"]["runtimeVersion"] == "2.17.0"
+    assert isvc["spec"]["predictor"]["minReplicas"] == 0
+    assert "nvidia.com/gpu" not in json.dumps(isvc)
+
+
+def test_kserve_schema_rejects_what_kserve_rejects(repos, tmp_path, capsys):
+    rc, _, err = _deploy(capsys, "--target", "kserve", "--name", "tiny", "--repo",
+                         str(repos["trt"]), "--base_path", "s3://b/tiny", "--out", str(tmp_path))
+    assert rc == 0, err
+    good = _docs(tmp_path / "tiny-kserve.yaml")[1]
+    deploy.validate_manifests([good], K8S)
+
+    def broken(mutate):
+        doc = copy.deepcopy(good)
+        mutate(doc)
+        return doc
+
+    tf = lambda d: d["spec"]["predictor"]["tensorflow"]  # noqa: E731
+    cases = {
+        "GPU with a CPU runtimeVersion": lambda d: tf(d).update(runtimeVersion="2.17.0"),
+        "-gpu runtime without a GPU": lambda d: tf(d)["resources"]["limits"].pop("nvidia.com/gpu"),
+        "misspelt field": lambda d: tf(d).update(storageURI=tf(d).pop("storageUri")),
+        "bad name": lambda d: d["metadata"].update(name="Tiny_Model"),
+        "local storage path": lambda d: tf(d).update(storageUri="/models/tiny"),
+        "bad quantity": lambda d: tf(d)["resources"]["requests"].update(memory="4 GB"),
+        "bad volume": lambda d: d["spec"]["predictor"]["volumes"][0].update(configMapp={}),
+    }
+    for what, mutate in cases.items():
+        with pytest.raises(ConfigError, match="InferenceService/") as e:
+            deploy.validate_manifests([broken(mutate)], K8S)
+        assert "\n" not in str(e.value), what
+
+
+def test_kubernetes_schema_rejects_typos(repos, tmp_path, capsys):
+    rc, _, err = _deploy(capsys, "--name", "tiny", "--repo", str(repos["plain"]), "--base_path",
+                         "gs://b/tiny", "--out", str(tmp_path))
+    assert rc == 0, err
+    dep = _by_kind(_docs(tmp_path / "tiny-kubernetes.yaml"))["Deployment"]
+    bad = copy.deepcopy(dep)
+    bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(ConfigError, match=r"Deployment/tiny: spec\.template\.spec\.containers\.0"):
+        deploy.validate_manifests([bad], K8S)
+    bad = copy.deepcopy(dep)
+    bad["spec"]["selector"] = "tiny"
+    with pytest.raises(ConfigError, match="Deployment/tiny"):
+        deploy.validate_manifests([bad], K8S)
+
+
+def test_validation_is_offline(repos, monkeypatch):
+    p = deploy.plan(target="kubernetes", name="tiny", base_path="gs://b/tiny",
+                    repo=str(repos["plain"]))
+    docs = deploy.manifests(p)
+    p2 = deploy.plan(target="kserve", name="tiny", base_path="s3://b/tiny",
+                     repo=str(repos["plain"]))
+
+    def no_network(*a, **k):
+        raise AssertionError("schema validation tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    deploy.validate_manifests(docs + deploy.manifests(p2), K8S)
+
+
+def test_fixed_replicas_volume_claim_and_names(repos, tmp_path, capsys):
+    rc, out, err = _deploy(capsys, "--name", "tiny", "--repo", str(repos["plain"]), "--version",
+                           "1", "--base_path", "/models/tiny", "--volume_claim", "model-repo",
+                           "--replicas", "3", "--app", "tiny-serving", "--cpu", "1500m",
+                           "--memory", "2Gi", "--out", str(tmp_path))
+    assert rc == 0, err
+    docs = _docs(tmp_path / "tiny-serving-kubernetes.yaml")
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
+    for d in docs:
+        kv.validate(d, K8S, strict=True)
+    dep = docs[1]
+    assert dep["spec"]["replicas"] == 3
+    spec = dep["spec"]["template"]["spec"]
+    (claim,) = [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"] == {"claimName": "model-repo", "readOnly": True}
+    assert {"name": claim["name"], "mountPath": "/models", "readOnly": True} in \
+        spec["containers"][0]["volumeMounts"]
+    assert spec["containers"][0]["resources"]["requests"] == {"cpu": "1500m", "memory": "2Gi"}
+    assert "versions: 1" in docs[0]["data"]["models.config"]
+    # the probe keeps the model name, the resources get a Kubernetes name
+    assert deploy.app_name("Face_Net.v2") == "face-net-v2"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--base_path", "s3://b/tiny"], "serving#1963"),
+    (["--base_path", "/models/tiny"], "holds no models"),
+    (["--base_path", "gs://b/tiny", "--memory", "4 GB"], "--memory '4 GB' is not a Kubernetes quantity"),
+    (["--base_path", "gs://b/tiny", "--replicas", "2", "--max_replicas", "5"], "one or the other"),
+    (["--base_path", "gs://b/tiny", "--min_replicas", "5", "--max_replicas", "2"], "below"),
+    (["--base_path", "gs://b/tiny", "--version", "7"], "--version 7: not in"),
+    (["--base_path", "gs://b/tiny", "--target", "nomad"], "--target 'nomad'"),
+    (["--base_path", "/models/tiny", "--target", "kserve"], "storage URI"),
+    (["--base_path", "gs://b/tiny", "--target", "kserve", "--image", "me/custom:1"],
+     "tensorflow/serving:TAG"),
+    (["--base_path", "gs://b/tiny", "--batching", "/nonexistent/b.txt"], "--batching"),
+    ([], "--base_path is required"),
+])
+def test_bad_flags_exit_2_and_write_nothing(repos, tmp_path, capsys, flags, message):
+    rc, out, err = _deploy(capsys, "--name", "tiny", "--repo", str(repos["plain"]), "--out",
+                           str(tmp_path / "out"), *flags)
+    assert rc == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_batching_file_refused(repos, tmp_path, capsys):
+    bad = tmp_path / "b.txt"
+    bad.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
+    rc, _, err = _deploy(capsys, "--name", "tiny", "--repo", str(repos["plain"]), "--base_path",
+                         "gs://b/tiny", "--batching", str(bad), "--out", str(tmp_path / "o"))
+    assert rc == 2 and "must equal max_batch_size" in err
+    assert not (tmp_path / "o").exists()
