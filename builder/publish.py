@@ -1,0 +1,331 @@
+"""``publish`` / ``pull`` / ``verify``: move a parity-checked version to where a fleet serves it.
+
+The contract is "nothing half-published, ever": a polling TF Serving sees the old state or the
+complete new version. How each kind of target guarantees that is in ``builder.publish_store``
+(filesystem and object stores) and ``builder.publish_oci`` (OCI registries).
+
+Before anything is copied, publish writes ``assets.extra/manifest.json`` (sha256 + size of every
+file) into the LOCAL version too (atomically; or checks the one already there), so the source
+repository, every published copy and every pulled copy carry the same record and ``verify`` works
+anywhere. Re-publishing identical content is a no-op success; a target that holds a different
+version under the same number is never overwritten.
+
+The public API for other modules (``deploy``) is :func:`publish` / :func:`pull` / :func:`verify`,
+which return results instead of printing; the ``*_command`` functions are the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder import paths
+from builder.errors import InputError, PublishError
+from builder.publish_manifest import (
+    Manifest,
+    compute_manifest,
+    ensure_local_manifest,
+    labelled_versions,
+    parity_passed,
+    plan_retention,
+    select_version,
+)
+from builder.publish_store import LocalTarget, _Raced, open_target, test_pause
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class PublishResult:
+    """What happened: ``action`` is published / unchanged / dry-run."""
+
+    target: str
+    name: str
+    version: int
+    action: str
+    files: int
+    bytes: int
+    content_digest: str
+    deleted: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    oci_digest: str = ""
+
+
+def _int_flag(value: object, flag: str) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise InputError(f"{flag} {value!r} is not an integer: use e.g. {flag} 3") from None
+    if n < 0:
+        raise InputError(f"{flag} {n} must be 0 (keep everything) or a positive count")
+    return n
+
+
+def publish(repo: str, name: str, to: str, version: object = "latest", keep: object = 0,
+            models_config: str = "", dry_run: bool = False, plain_http: bool = False,
+            log: Log = _quiet) -> PublishResult:
+    """Publish one parity-passed version of ``repo/name`` to ``to``; see the module docstring."""
+    t0 = time.perf_counter()
+    keep_n = _int_flag(keep, "--keep")
+    lv = select_version(repo, name, version)
+    labels = labelled_versions(models_config, name)
+    manifest = ensure_local_manifest(lv.path, write=not dry_run)
+    if not to:
+        raise InputError("--to is required: a path, file://, s3://, gs:// model base path root, "
+                         "or oci://HOST/REPOSITORY[:TAG]")
+    from builder import publish_oci
+
+    if publish_oci.is_oci(to):
+        res = publish_oci.publish(lv.path, name, lv.version, lv.build_info, manifest, to,
+                                  plain_http=plain_http, dry_run=dry_run)
+        result = PublishResult(str(res.ref), name, lv.version, res.action, len(manifest.files),
+                               manifest.total_bytes, manifest.digest(), oci_digest=res.manifest_digest)
+        if keep_n:
+            reg = publish_oci.Registry(res.ref, plain_http)
+            tagged = publish_oci.tag_versions(reg, name)
+            doomed = plan_retention(sorted(tagged), keep_n, set(labels.values()) | {lv.version})
+            for v in doomed:
+                if not dry_run:
+                    reg.delete_tag(tagged[v])
+                log(f"  {'would delete' if dry_run else 'deleted'} tag {tagged[v]} (retention "
+                    f"--keep {keep_n})")
+            result.deleted = doomed
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    target = open_target(to)
+    state = target.state(name, lv.version)
+    where = target.version_url(name, lv.version)
+    action = "dry-run" if dry_run else "published"
+    if state == "complete":
+        action = _compare_existing(target, name, lv.version, manifest, where)
+        if not dry_run:
+            target.cleanup_own_staging(name, lv.version, manifest)
+    elif not dry_run:
+        try:
+            target.publish(lv.path, name, lv.version, manifest, log)
+        except _Raced:
+            action = _compare_existing(target, name, lv.version, manifest, where)
+    result = PublishResult(where, name, lv.version, action, len(manifest.files),
+                           manifest.total_bytes, manifest.digest())
+    if keep_n:
+        versions = target.versions(name)
+        protected = set(labels.values()) | {lv.version}
+        missing = sorted(set(labels.values()) - set(versions) - {lv.version})
+        if missing:
+            log(f"  note: labelled versions {missing} are not at {target.url}/{name}")
+        doomed = plan_retention(versions, keep_n, protected)
+        for v in doomed:
+            if not dry_run:
+                target.delete(name, v)
+            log(f"  {'would delete' if dry_run else 'deleted'} version {v} (retention --keep "
+                f"{keep_n})")
+        result.deleted = doomed
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _compare_existing(target, name: str, version: int, manifest: Manifest, where: str) -> str:
+    existing = target.existing_manifest(name, version)
+    if existing.files == manifest.files:
+        return "unchanged"
+    raise PublishError(f"{where} already exists with different content (content digest "
+                       f"{existing.digest()[:19]} vs {manifest.digest()[:19]}): refusing to "
+                       f"overwrite a published version; export and publish a new version")
+
+
+@dataclass
+class PullResult:
+    path: Path
+    name: str
+    version: int
+    action: str  # pulled | unchanged
+    files: int
+    bytes: int
+    digest: str
+
+
+def pull(from_: str, repo: str, name: str = "", version: object = "",
+         plain_http: bool = False) -> PullResult:
+    """Fetch an OCI model artefact into ``repo/NAME/VERSION`` (staged, checked, renamed)."""
+    from builder import publish_oci
+
+    if not from_ or not publish_oci.is_oci(from_):
+        raise InputError(f"--from_ {from_!r}: give an oci://HOST/REPOSITORY:TAG (or @sha256:...) "
+                         f"reference")
+    if not repo:
+        raise InputError("--repo is required: the local model repository to pull into")
+    ref = publish_oci.parse_ref(from_, "--from_")
+    want_version = paths.parse_version(version) if str(version or "").strip() else None
+    if not ref.tag and not ref.digest:
+        if not (name and want_version):
+            raise InputError(f"--from_ {from_} has no tag: add :TAG, or pass --name and --version "
+                             f"to use the default tag NAME-VERSION")
+        ref.tag = publish_oci.default_tag(name, want_version)
+    root = Path(repo)
+    root.mkdir(parents=True, exist_ok=True)
+    paths.clean_stale_staging(root)
+    staging = root / f"{paths.STAGING_PREFIX}pull-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        art = publish_oci.fetch(ref, staging, plain_http)
+        if not parity_passed(art.build_info):
+            raise PublishError(f"{ref}: its build_info does not record a passed parity check: "
+                               f"refusing to install it into a serving repository")
+        model = name or art.name
+        if not model or model.startswith(".") or "/" in model:
+            raise PublishError(f"{ref} does not name its model: pass --name")
+        v = want_version or art.version
+        final = paths.version_dir(root, model, v)
+        test_pause("pull-extracted")
+        if final.exists():
+            old = LocalTarget(root).existing_manifest(model, v)
+            if old.files != art.manifest.files:
+                raise PublishError(f"{final} already exists with different content: refusing to "
+                                   f"overwrite it; pull into another --repo or --version")
+            action = "unchanged"
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if final.exists():
+                    raise PublishError(f"{final} appeared while pulling: rerun pull to compare "
+                                       f"it") from None
+                raise
+            action = "pulled"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return PullResult(final, model, v, action, len(art.manifest.files), art.manifest.total_bytes,
+                      art.digest)
+
+
+def verify(path: str, plain_http: bool = False) -> Manifest:
+    """Check a published version (TARGET/NAME/VERSION or an oci:// reference) byte for byte."""
+    from builder import publish_oci
+
+    if not path:
+        raise InputError("give the version to verify: TARGET/NAME/VERSION (path, file://, s3://, "
+                         "gs://) or oci://HOST/REPOSITORY:TAG")
+    if publish_oci.is_oci(path):
+        ref = publish_oci.parse_ref(path, "verify")
+        if not ref.tag and not ref.digest:
+            raise InputError(f"verify {path}: add the :TAG or @sha256:... to check")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tfs-builder-verify-") as td:
+            return publish_oci.fetch(ref, Path(td) / "v", plain_http).manifest
+    trimmed = path.rstrip("/")
+    if "://" in trimmed and not trimmed.startswith("file://"):
+        head, _, ver = trimmed.rpartition("/")
+        root, _, name = head.rpartition("/")
+        bad = "://" not in root or root.endswith("://")
+    else:
+        p = Path(trimmed[len("file://"):] if trimmed.startswith("file://") else trimmed)
+        p = p.expanduser().resolve()
+        if not p.is_dir():
+            raise PublishError(f"{trimmed} does not exist: give TARGET/NAME/VERSION")
+        ver, name, root = p.name, p.parent.name, str(p.parent.parent)
+        bad = False
+    if bad or not paths.is_version_name(ver) or not name:
+        raise InputError(f"verify {path}: expected TARGET/NAME/VERSION with a numeric VERSION, "
+                         f"e.g. s3://bucket/models/facenet/3")
+    target = open_target(root, "verify")
+    if target.state(name, int(ver)) == "absent":
+        raise PublishError(f"{trimmed} does not exist: give TARGET/NAME/VERSION")
+    return target.verify(name, int(ver))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+
+
+def publish_command(repo: str = "", name: str = "", to: str = "", version: str = "latest",
+                    keep: int = 0, models_config: str = "", dry_run: bool = False,
+                    plain_http: bool = False) -> None:
+    """Publish one parity-passed version to a model base path or an OCI registry, atomically.
+
+    Writes assets.extra/manifest.json (sha256 per file) into the local version first (or checks
+    the one there), then copies it so a polling TF Serving never sees a partial version.
+    Re-publishing identical content is a no-op; a different version under the same number at the
+    target is refused. Credentials come from the environment, never from flags: AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (s3), GOOGLE_APPLICATION_CREDENTIALS (gs),
+    ORAS_USERNAME/ORAS_PASSWORD or docker login (oci).
+
+    Args:
+      repo: Local model repository (REPO/NAME/VERSION/...).
+      name: Model name (directory under --repo).
+      to: TARGET: a model base path root (path, file://, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)
+        receiving TARGET/NAME/VERSION/, or oci://HOST[:PORT]/REPOSITORY[:TAG] (tag default
+        NAME-VERSION). s3/gs need `pip install 'tfs-builder[s3]'` / `[gcs]`, oci needs `[oci]`.
+      version: Version to publish, default 'latest' (the newest; refused unless its build_info
+        records a passed parity check).
+      keep: After publishing keep only the newest N versions at the target (tags NAME-N on oci);
+        0 keeps all. Never deletes the published version or one a label points to.
+      models_config: models.config whose version_labels for --name protect versions from --keep.
+      dry_run: Print what would happen; write nothing (not even the local manifest).
+      plain_http: oci only: use HTTP instead of HTTPS (automatic for localhost/127.0.0.1).
+    """
+    r = publish(repo, name, to, version, keep, models_config, dry_run, plain_http, log=print)
+    verb = {"published": "published", "unchanged": "already published (identical content, "
+            "nothing written)", "dry-run": "would publish"}[r.action]
+    print(f"{verb}: {name} version {r.version} -> {r.target} ({r.files} files, {_mb(r.bytes)}, "
+          f"content {r.content_digest[:19]}...)")
+    if r.oci_digest:
+        print(f"  manifest digest: {r.oci_digest}")
+    if r.action == "published":
+        print(f"  verify with: python -m builder verify {r.target}")
+    print(f"  took {r.seconds:.1f}s")
+
+
+def pull_command(from_: str = "", repo: str = "", name: str = "", version: str = "",
+                 plain_http: bool = False) -> None:
+    """Pull a model published with `publish --to oci://...` into REPO/NAME/VERSION, verified.
+
+    Every blob digest, the manifest digest and every file's sha256 are checked; archive entries
+    that are absolute, contain '..', or are links are refused; the version is staged and renamed
+    into place, so a polling TF Serving never sees it half-written. Pass the reference as the
+    first argument or as --from_ (fire cannot take a flag named --from).
+
+    Args:
+      from_: oci://HOST[:PORT]/REPOSITORY:TAG or ...@sha256:DIGEST (positional or --from_).
+      repo: Local model repository to pull into.
+      name: Model name to install as (default: the name recorded in the artefact).
+      version: Version number to install as (default: the one recorded in the artefact). With
+        --name, also selects the default tag NAME-VERSION when the reference has no tag.
+      plain_http: Use HTTP instead of HTTPS (automatic for localhost/127.0.0.1).
+    """
+    r = pull(from_, repo, name, version, plain_http)
+    verb = "pulled" if r.action == "pulled" else "already present (identical content)"
+    print(f"{verb}: {r.name} version {r.version} -> {r.path} ({r.files} files, {_mb(r.bytes)}, "
+          f"manifest {r.digest[:19]}...)")
+
+
+def verify_command(path: str = "", plain_http: bool = False) -> None:
+    """Check a published version against its assets.extra/manifest.json (sha256 of every file).
+
+    Exits 2 naming the first mismatching files if anything is missing, extra, or different.
+
+    Args:
+      path: TARGET/NAME/VERSION (a path, file://, s3://, gs://) or oci://HOST/REPOSITORY:TAG.
+      plain_http: oci only: use HTTP instead of HTTPS (automatic for localhost/127.0.0.1).
+    """
+    m = verify(path, plain_http)
+    print(f"verified: {path} ({len(m.files)} files, {_mb(m.total_bytes)}, every sha256 matches; "
+          f"content {m.digest()[:19]}...)")
+
+
+__all__ = ["publish", "pull", "verify", "publish_command", "pull_command", "verify_command",
+           "PublishResult", "PullResult", "compute_manifest"]
