@@ -434,7 +434,7 @@ def _build_info(o: ExportOptions, flow: str, model: NormalizedModel, graph_model
         "warmup_records": n_warm,
         "parity": report.as_json(),
         "export_seconds": round(seconds, 3),
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "reproduce": reproduce_command(o, version),
     }
 

@@ -170,6 +170,7 @@ def normalize_graph(
     import tensorflow as tf
 
     graph_def = _copy_graph_def(graph_def)
+    fix_ref_ops(graph_def)
     nodes = {n.name: n for n in graph_def.node}
     all_names = list(nodes)
 
@@ -245,6 +246,8 @@ def normalize_graph(
         tn = tensor_name(t)
         node = nodes[node_name(tn)]
         dtype, shape = meta[tn]
+        if not shape or shape[1:].count(None):
+            shape = _shape_from_pipeline(nodes, tn) or shape
         given = next((v for k, v in input_shapes.items() if tensor_name(k) == tn), None)
         if given is not None:
             if shape and len(shape) != len(given):
@@ -318,6 +321,72 @@ def normalize_graph(
             sig_out.append(TensorInfo(alias, ten.name, _dtype_name(ten.dtype), shape))
             source_map[alias] = tn
     return graph_def, sig_in, sig_out, feed_values, source_map
+
+
+_REF_OP_FIXES = {"RefSwitch": "Switch", "RefMerge": "Merge", "RefIdentity": "Identity", "RefEnter": "Enter",
+                 "RefExit": "Exit", "RefNextIteration": "NextIteration", "AssignSub": "Sub", "AssignAdd": "AddV2"}
+
+
+def fix_ref_ops(graph_def: Any) -> int:
+    """Rewrite ref-typed ops left by freezing a TF1 training graph (batch-norm moving-average
+    updates inside ``phase_train`` conditionals): once variables are constants, ``RefSwitch``
+    and ``AssignSub`` fail at import with "expected float_ref". FaceNet's freeze_graph.py does
+    the same rewrite. Returns the number of nodes changed."""
+    changed = 0
+    for n in graph_def.node:
+        if n.op in _REF_OP_FIXES:
+            n.op = _REF_OP_FIXES[n.op]
+        elif n.op == "Assign":  # the assigned value flows on; the variable is a constant now
+            n.op = "Identity"
+            data = [i for i in n.input if not i.startswith("^")]
+            ctrl = [i for i in n.input if i.startswith("^")]
+            del n.input[:]
+            n.input.extend([data[1], *ctrl] if len(data) > 1 else [*data, *ctrl])
+        else:
+            continue
+        for attr in ("use_locking", "validate_shape"):
+            if attr in n.attr:
+                del n.attr[attr]
+        changed += 1
+    return changed
+
+
+_PASS_THROUGH = ("Identity", "StopGradient", "Snapshot", "IdentityN")
+_DEQUEUE_OPS = ("QueueDequeueUpToV2", "QueueDequeueManyV2", "QueueDequeueUpTo", "QueueDequeueMany",
+                "QueueDequeueV2", "QueueDequeue")
+
+
+def _shape_from_pipeline(nodes: dict[str, Any], tensor: str) -> list[int | None] | None:
+    """Shape of a tensor fed by a TF1 queue pipeline (FaceNet's ``batch_join`` ->
+    ``dequeue_up_to`` -> Identity 'input'): the GraphDef loses the static shape, but the queue
+    node's ``shapes`` attr still has each component's shape. Also honours ``_output_shapes``."""
+    name, idx = node_name(tensor), int(tensor.rsplit(":", 1)[1])
+    for _ in range(50):
+        node = nodes.get(name)
+        if node is None:
+            return None
+        if "_output_shapes" in node.attr and len(node.attr["_output_shapes"].list.shape) > idx:
+            proto = node.attr["_output_shapes"].list.shape[idx]
+            if not proto.unknown_rank:
+                return [None if d.size < 0 else int(d.size) for d in proto.dim]
+        if node.op in _PASS_THROUGH and node.input:
+            data = [i for i in node.input if not i.startswith("^")]
+            if not data:
+                return None
+            src = data[idx] if node.op == "IdentityN" else data[0]
+            name, idx = node_name(src), int(tensor_name(src).rsplit(":", 1)[1])
+            continue
+        if node.op in _DEQUEUE_OPS and node.input:
+            queue = nodes.get(node_name(node.input[0]))
+            if queue is None or "shapes" not in queue.attr:
+                return None
+            comps = queue.attr["shapes"].list.shape
+            if len(comps) <= idx or comps[idx].unknown_rank:
+                return None
+            dims = [None if d.size < 0 else int(d.size) for d in comps[idx].dim]
+            return dims if node.op in ("QueueDequeueV2", "QueueDequeue") else [None, *dims]
+        return None
+    return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -743,8 +812,8 @@ def _load_savedmodel_tf2(path: Path, tags: list[str], signature: str, files: lis
                             path=path, files=files, call=lambda x: fn(**x), keepalive=loaded)
 
 
-def _freeze_function(fn: Any, kwargs_spec: dict[str, Any], kw: dict, *, flow: str, path: Path, files: list[Path], call: Any,
-                     keepalive: Any) -> NormalizedModel:
+def _freeze_function(fn: Any, kwargs_spec: dict[str, Any], kw: dict, *, flow: str, path: Path,
+                     files: list[Path], call: Any, keepalive: Any) -> NormalizedModel:
     """TF2 concrete function -> frozen GraphDef; aliases from its structured signature."""
     import tensorflow as tf
     from tensorflow.python.framework import convert_to_constants

@@ -204,13 +204,15 @@ def generate_samples(inputs: list[TensorInfo], count: int, seed: int = 0) -> dic
     rng = np.random.default_rng(seed)
     out = {}
     for t in inputs:
+        node = t.tensor.rsplit(":", 1)[0]
         if not t.shape:
-            raise InputError(f"input {t.alias!r} has unknown rank: pass --samples FILE.npz")
+            raise InputError(f"input {t.alias!r} ({t.tensor}) has unknown shape: pass e.g. --input_shapes "
+                             f"{node}=?x160x160x3, or --samples FILE.npz")
         dims = t.shape[1:]
         if any(d is None for d in dims):
             raise InputError(
                 f"input {t.alias!r} has unknown dimensions {['?' if d is None else d for d in t.shape]}:"
-                " pass --samples FILE.npz with real inputs"
+                f" pass --input_shapes {node}=?x... with every non-batch size, or --samples FILE.npz"
             )
         shape = (count, *dims)
         if t.dtype == "string":

@@ -52,10 +52,11 @@ def tiny_keras(model_dir) -> Path:
 
 
 # the FaceNet-style checkpoint needs these flags (input is a queue-fed Identity, not a placeholder)
+# (its shape is recovered from the queue's component shapes, so no --input_shapes is needed)
 CKPT_FLAGS = dict(inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},
-                  input_alias={"input": "images"}, input_shapes={"input": "?x8x8x3"})
+                  input_alias={"input": "images"})
 CKPT_ARGS = ["--inputs", "input", "--outputs", "embeddings", "--feed", "phase_train=false",
-             "--input_alias", "input=images", "--input_shapes", "input=?x8x8x3"]
+             "--input_alias", "input=images"]
 
 
 def run_builder(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

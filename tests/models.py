@@ -13,7 +13,6 @@ def tiny_tf1_graph(seed: int = 0):
     import tensorflow as tf
     from tensorflow.python.ops import control_flow_util
 
-    v1 = tf.compat.v1
     g = tf.Graph()
     old = control_flow_util.ENABLE_CONTROL_FLOW_V2
     control_flow_util.ENABLE_CONTROL_FLOW_V2 = False  # TF1 graphs have Switch/Merge conditionals
@@ -43,8 +42,10 @@ def _build_tiny(g, seed: int) -> None:
         x = tf.identity(image_batch, "input")
         w = v1.get_variable("conv/w", [3, 3, 3, 4], initializer=v1.random_normal_initializer(seed=seed))
         y = tf.nn.conv2d(x, w, [1, 1, 1, 1], "SAME")
-        mean_var = v1.get_variable("bn/moving_mean", [4], initializer=v1.random_normal_initializer(seed=seed + 1), trainable=False)
-        var_var = v1.get_variable("bn/moving_variance", [4], initializer=v1.random_uniform_initializer(0.5, 2.0, seed=seed + 2), trainable=False)
+        mean_var = v1.get_variable("bn/moving_mean", [4], trainable=False,
+                                   initializer=v1.random_normal_initializer(seed=seed + 1))
+        var_var = v1.get_variable("bn/moving_variance", [4], trainable=False,
+                                  initializer=v1.random_uniform_initializer(0.5, 2.0, seed=seed + 2))
         beta = v1.get_variable("bn/beta", [4], initializer=v1.random_normal_initializer(seed=seed + 3))
         bmean, bvar = tf.nn.moments(y, [0, 1, 2])
         mean, var = tf.cond(phase_train, lambda: (bmean, bvar), lambda: (tf.identity(mean_var), tf.identity(var_var)))

@@ -14,11 +14,8 @@ from builder.errors import GraphError, InputError
 
 
 def _load(path, **kw):
-    flags = dict(CKPT_FLAGS)
-    flags.pop("input_shapes")
-    flags.update(kw)
-    shapes = {k: loaders.parse_shape(v) for k, v in kw.pop("input_shapes", {"input": "?x8x8x3"}).items()}
-    flags.pop("input_shapes", None)
+    flags = {**CKPT_FLAGS, **kw}
+    shapes = {k: loaders.parse_shape(v) for k, v in flags.get("input_shapes", {}).items()}
     return loaders.load(path, inputs=flags["inputs"], outputs=flags["outputs"], feeds=flags["feed"],
                         input_alias=flags["input_alias"], input_shapes=shapes)
 
@@ -203,3 +200,25 @@ def test_input_needed_by_outputs(tiny_ckpt):
     with pytest.raises(GraphError, match="not needed by --outputs"):
         loaders.load(tiny_ckpt, inputs=["input", "image_paths"], outputs=["embeddings"],
                      feeds={"phase_train": "false"}, input_shapes={"input": [None, 8, 8, 3]})
+
+
+def test_input_shapes_for_tensors_of_unknown_shape(tmp_path):
+    import tensorflow as tf
+
+    with tf.Graph().as_default() as g:
+        x = tf.compat.v1.placeholder(tf.float32, None, name="x")  # unknown rank, as in many old graphs
+        tf.reduce_sum(tf.reshape(x, [-1, 4]) * 2.0, axis=1, name="y")
+    pb = tmp_path / "g.pb"
+    pb.write_bytes(g.as_graph_def().SerializeToString())
+    m = loaders.load(pb, outputs=["y"])
+    assert m.inputs[0].shape == []  # unknown: the export will ask for --input_shapes
+    m.close()
+    from builder.parity import generate_samples
+
+    with pytest.raises(InputError, match=r"--input_shapes x=\?x"):
+        generate_samples(m.inputs, 2)
+    m = loaders.load(pb, outputs=["y"], input_shapes={"x": loaders.parse_shape("?x4")})
+    assert m.inputs[0].shape == [None, 4]
+    m.close()
+    with pytest.raises(InputError, match="not a shape"):
+        loaders.parse_shape("abc")
