@@ -652,7 +652,7 @@ class Servable:
             got = tf.string if arr.dtype.kind in "OSU" else tf.dtypes.as_dtype(arr.dtype)
             if got != want:
                 raise RpcStatus("INVALID_ARGUMENT",
-                                f"Expects arg[{i}] to be {want.name} but {got.name} is provided "
+                                f"Expects arg[{i}] to be {_tf_name(want)} but {_tf_name(got)} is provided "
                                 f"(input '{alias}', tensor {info.name})")
             if not info.tensor_shape.unknown_rank:
                 dims = [d.size for d in info.tensor_shape.dim]
@@ -712,6 +712,13 @@ class Servable:
         if self.session is not None:
             self.session.close()
             self.session = None
+
+
+def _tf_name(dt: Any) -> str:
+    """tf.DType -> DataTypeString spelling ("float", "double", "string", "int32", ...)."""
+    import numpy as np
+
+    return "string" if dt.name == "string" else _dtype_name(np.dtype(dt.as_numpy_dtype))
 
 
 def tensor_proto_to_array(proto: Any) -> Any:

@@ -37,6 +37,7 @@ CPU_IMAGE = os.environ.get("TFS_CPU_IMAGE", "tensorflow/serving:2.17.0")
 GPU_IMAGE = os.environ.get("TFS_GPU_IMAGE", "tensorflow/serving:2.17.0-gpu")
 READY_DEADLINE = float(os.environ.get("TFS_READY_DEADLINE", "120"))
 BATCH_SIZES = (1, 8)
+LIMIT = 1024 * 1024  # local server's REST body / gRPC message limits (TF Serving has no REST limit)
 
 BACKENDS = [
     pytest.param("local", id="local"),
@@ -124,9 +125,11 @@ def started(handle: ServerHandle):
         handle.stop()
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest, toy_repo: Repo):
-    handle = make_server(request.param, toy_repo)
+    """One server per backend for the whole session (a start costs a TensorFlow import)."""
+    handle = make_server(request.param, toy_repo, extra_flags=(
+        "--rest_api_max_body_bytes", str(LIMIT), "--grpc_max_message_bytes", str(LIMIT)))
     handle.backend = request.param
     yield from started(handle)
 
