@@ -341,3 +341,28 @@ def make_version(repo: Path, name: str, version: int, seed: int = 0, parity: boo
     }
     (dst / "assets.extra" / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return dst
+
+
+# --------------------------------------------------------------------------- shared checks
+
+
+def tree(d: Path) -> dict[str, bytes]:
+    """Every file under d, relative posix path -> bytes."""
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+
+def assert_serves_golden(version_dir: Path) -> None:
+    """The copy is a working SavedModel: it reproduces the golden outputs it ships."""
+    import numpy as np
+    import tensorflow as tf
+
+    golden = np.load(version_dir / "assets.extra" / "golden.npz")
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    out = fn(x=tf.constant(golden["in/x"]))["y"].numpy()
+    np.testing.assert_allclose(out, golden["out/y"], rtol=0, atol=1e-6)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m builder ...`` in a fresh process, as a user's CI runs it."""
+    return subprocess.run([sys.executable, "-m", "builder", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
