@@ -164,6 +164,7 @@ def normalize_graph(
     source_label: str,
     input_shapes: dict[str, list[int | None]] | None = None,
     known_nodes: Any = None,
+    source_graph: Any = None,
 ) -> tuple[Any, list[TensorInfo], list[TensorInfo], dict[str, Any], dict[str, str]]:
     """Fold feeds, cut at inputs, prune to outputs; returns the graph, signature entries, the
     folded feed values and a map alias -> tensor name in the ORIGINAL graph (for parity)."""
@@ -200,22 +201,26 @@ def normalize_graph(
                 f"{_closest(all_names, node_name(f))} (placeholders: {_hint_inputs(graph_def)})"
             )
 
-    # dtype/shape of every tensor we cut at or feed, from the original graph
+    # dtype/shape of every tensor we cut at or feed, from the original graph (the source
+    # session's graph when there is one: importing a 100 MB frozen graph costs seconds)
     meta: dict[str, tuple[Any, list[int | None]]] = {}
-    with tf.Graph().as_default() as g:
-        try:
-            tf.compat.v1.import_graph_def(graph_def, name="")
-        except (ValueError, tf.errors.OpError) as e:
-            raise GraphError(f"{source_label}: the graph does not import: {_first_line(e)}") from None
-        for t in [*inputs, *outputs, *feeds]:
+    g = source_graph
+    if g is None:
+        g = tf.Graph()
+        with g.as_default():
             try:
-                ten = g.get_tensor_by_name(tensor_name(t))
-            except (KeyError, ValueError):
-                raise GraphError(
-                    f"{t}: node {node_name(t)!r} has no output {tensor_name(t).rsplit(':', 1)[1]} "
-                    f"in {source_label}"
-                ) from None
-            meta[tensor_name(t)] = (ten.dtype, _shape_list(ten.shape))
+                tf.compat.v1.import_graph_def(graph_def, name="")
+            except (ValueError, tf.errors.OpError) as e:
+                raise GraphError(f"{source_label}: the graph does not import: {_first_line(e)}") from None
+    for t in [*inputs, *outputs, *feeds]:
+        try:
+            ten = g.get_tensor_by_name(tensor_name(t))
+        except (KeyError, ValueError):
+            raise GraphError(
+                f"{t}: node {node_name(t)!r} has no output {tensor_name(t).rsplit(':', 1)[1]} "
+                f"in {source_label}"
+            ) from None
+        meta[tensor_name(t)] = (ten.dtype, _shape_list(ten.shape))
 
     # fixed feeds -> constants
     feed_values: dict[str, Any] = {}
@@ -545,7 +550,8 @@ def _finish(
     close: Any = None,
 ) -> NormalizedModel:
     graph_def, sig_in, sig_out, feed_values, source_map = normalize_graph(
-        frozen, source_label=source_label, known_nodes=known_nodes, **kw
+        frozen, source_label=source_label, known_nodes=known_nodes,
+        source_graph=session.graph if session is not None else None, **kw
     )
     if runner is None:
         runner = _session_runner(session, source_map, feed_values)
