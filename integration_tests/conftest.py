@@ -46,12 +46,6 @@ BACKENDS = [
 ]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    for line in ("docker: needs a Docker engine", "gpu: needs an NVIDIA GPU",
-                 "slow: takes more than ~10 s"):
-        config.addinivalue_line("markers", line)
-
-
 @dataclass
 class Repo:
     """A built repository and what the tests need to know about it."""
@@ -116,13 +110,17 @@ def make_server(kind: str, repo: Repo, extra_flags: tuple[str, ...] = (),
 
 
 def started(handle: ServerHandle):
-    """Start, wait for every version, yield, stop in finally (log printed if start fails)."""
+    """Start, wait for every version, yield, stop in finally (log printed if start fails).
+    ``python -m builder serve`` must also exit 0 on SIGTERM."""
     try:
         handle.start()
         handle.wait_until_ready(READY_DEADLINE)
         yield handle
     finally:
         handle.stop()
+    if isinstance(handle, ProcessServer):
+        assert handle.proc.returncode == 0, f"serve exited {handle.proc.returncode} on SIGTERM"
+        assert "shutting down" in handle.log_text()
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
