@@ -65,3 +65,11 @@ def run_builder(*args: str, env: dict | None = None, timeout: float = 300) -> su
         [sys.executable, "-m", "builder", *args], cwd=ROOT, capture_output=True, text=True,
         timeout=timeout, env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def facenet_tiny(tmp_path_factory) -> dict:
+    """The built-in FaceNet example at tiny size: same interface, ops and formats."""
+    from builder.example import write_example
+
+    return write_example(tmp_path_factory.mktemp("facenet") / "example", tiny=True, log=None)
