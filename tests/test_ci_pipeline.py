@@ -137,3 +137,90 @@ def test_summary_table_is_readable():
     assert any(line.startswith("export") and "ok" in line and "12.3" in line for line in lines)
     assert max(len(line) for line in lines) <= 160  # long details are cut for CI logs
     assert "FAILED at step 'parity' (exit 1) after 12.4 s" in text
+
+
+# ------------------------------------------------------------------------------------------
+# examples/ci: valid CI files whose commands use flags that exist
+# ------------------------------------------------------------------------------------------
+
+EXAMPLES = ROOT / "examples" / "ci"
+
+
+@pytest.mark.parametrize("path, schema", [
+    (EXAMPLES / "github-actions.yml", "vendor.github-workflows"),
+    (EXAMPLES / "gitlab-ci.yml", "vendor.gitlab-ci"),
+])
+def test_example_ci_files_match_their_schemas(path, schema):
+    """check-jsonschema's vendored (offline) GitHub workflow / GitLab CI schemas."""
+    r = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema,
+                        str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def _flag_names(argv: list[str]) -> list[str]:
+    """Flag names, not looking inside the values of --export_args/--publish_args."""
+    out = []
+    for i, a in enumerate(argv):
+        if a.startswith("--") and not (i and argv[i - 1] in ("--export_args", "--publish_args")):
+            out.append(a[2:].split("=", 1)[0])
+    return out
+
+
+def test_example_ci_commands_use_real_flags():
+    import inspect
+    import shlex
+
+    import yaml
+
+    from builder import deploy, example, export, image
+
+    mod = _load_script()
+    known = {
+        "ci_pipeline": {a.dest for a in mod._parser()._actions},
+        "build_serving_image": {a.dest for a in image._parser()._actions},
+        "deploy": set(inspect.signature(deploy.deploy_command).parameters),
+        "example": set(inspect.signature(example.example_command).parameters),
+        "export": set(inspect.signature(export.export_command).parameters),
+    }
+    seen: dict[str, int] = dict.fromkeys(known, 0)
+    for path in sorted(EXAMPLES.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        variables = doc.get("variables", {}) if isinstance(doc.get("variables"), dict) else {}
+        for text in _strings(doc):
+            text = text.replace("\\\n", " ")
+            for line in text.splitlines():
+                if not any(m in line for m in ("scripts/ci_pipeline", "scripts/build_serving_image",
+                                               "-m builder")):
+                    continue
+                argv = shlex.split(line)
+                for i, tok in enumerate(argv):
+                    if tok.endswith("scripts/ci_pipeline"):
+                        prog, rest = "ci_pipeline", argv[i + 1:]
+                    elif tok.endswith("scripts/build_serving_image"):
+                        prog, rest = "build_serving_image", argv[i + 1:]
+                    elif tok == "builder" and argv[i - 1] == "-m":
+                        prog, rest = argv[i + 1], argv[i + 2:]
+                    else:
+                        continue
+                    unknown = set(_flag_names(rest)) - known[prog]
+                    assert not unknown, f"{path.name}: {prog} has no flag(s) {sorted(unknown)}"
+                    seen[prog] += 1
+                    if "--export_args" in rest:
+                        value = rest[rest.index("--export_args") + 1]
+                        if value.startswith("$"):
+                            value = variables[value.strip("${}")]
+                        bad = set(_flag_names(shlex.split(value))) - known["export"]
+                        assert not bad, f"{path.name}: export has no flag(s) {sorted(bad)}"
+                        seen["export"] += 1
+    assert all(seen.values()), seen  # every command appears in the examples
