@@ -101,10 +101,12 @@ def _message_classes() -> tuple[type, type]:
 
 
 def batching_parameters_class() -> type:
+    """The ``tensorflow.serving.BatchingParameters`` message class (official or re-declared)."""
     return _message_classes()[0]
 
 
 def monitoring_config_class() -> type:
+    """The ``tensorflow.serving.MonitoringConfig`` message class (official or re-declared)."""
     return _message_classes()[1]
 
 

@@ -203,6 +203,7 @@ def entries_from_proto(msg: Any, source: str = "ModelServerConfig") -> list[Mode
 
 
 def read_model_server_config(path: str | os.PathLike) -> list[ModelEntry]:
+    """Read and validate a models.config file; unreadable files are the user's to fix (exit 2)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -722,6 +723,7 @@ def _tf_name(dt: Any) -> str:
 
 
 def tensor_proto_to_array(proto: Any) -> Any:
+    """TensorProto -> numpy; a malformed proto is the client's INVALID_ARGUMENT, not a crash."""
     import tensorflow as tf
 
     try:
@@ -1183,7 +1185,7 @@ def _make_http_handler(core: ServingCore, max_body: int, metrics_path: str | Non
         def _dispatch(self, method: str) -> None:
             path = self.path.split("?", 1)[0]
             try:
-                body = self._body() if method == "POST" else b""
+                body = self._body()  # always drain it, or keep-alive would read it as a request
                 if metrics_path and method == "GET" and path == metrics_path:
                     self._send(200, core.metrics.text().encode(), "text/plain; version=0.0.4")
                     return
@@ -1660,12 +1662,16 @@ def docker_unavailable_reason() -> str | None:
         import docker
     except ImportError:
         return "the docker Python SDK is not installed (pip install docker)"
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
         client = docker.from_env(timeout=5)
         client.ping()
         client.close()
     except Exception as e:  # noqa: BLE001 - any failure means "no usable engine"
-        return f"no Docker engine reachable ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        cause: BaseException = e
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__  # the socket error, not the SDK wrapper
+        return f"no Docker engine reachable at {host} ({type(cause).__name__}: {str(cause)[:120]})"
     return None
 
 
@@ -1798,12 +1804,6 @@ def trt_engine_builds(log_text: str) -> list[str]:
     """Log lines where TF-TRT built an engine (TRTEngineOp at request time: the artefact was not
     pre-built for that shape, so the request paid seconds to minutes of build time)."""
     return [line for line in log_text.splitlines() if TRT_ENGINE_BUILD in line]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
