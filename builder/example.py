@@ -517,6 +517,14 @@ def initialize_facenet(sess: Any, roles: dict[str, Any], *, seed: int = 0) -> No
     sess.run(inits, feeds)
 
 
+def _session_config(tf: Any) -> Any:
+    """Sessions that only initialise, calibrate, restore and save: Grappler's rewrites buy nothing
+    there, and optimising the whole graph for each new fetch set took 80% of a tiny write."""
+    config = tf.compat.v1.ConfigProto()
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return config
+
+
 def _freeze_like_facenet(tf: Any, sess: Any) -> Any:
     """FaceNet's freeze_graph.py: rewrite the in-place batch-norm updates so the graph can be
     frozen, then turn the variables under InceptionResnetV1 into constants for ``embeddings``."""
@@ -602,7 +610,7 @@ def write_example(out_dir: str | Path, *, tiny: bool = False, seed: int = 0,
         roles = build_facenet_graph(graph, tiny=tiny, seed=seed, image_size=arch.image_size,
                                     embedding_size=arch.embedding_size)
         say(f"  {roles['parameters']:,} network parameters, {len(graph.get_operations()):,} ops")
-        with v1.Session(graph=graph) as sess:
+        with v1.Session(graph=graph, config=_session_config(tf)) as sess:
             initialize_facenet(sess, roles, seed=seed)
             say("  initialised; batch-norm statistics calibrated")
             saver = roles["saver"]
@@ -647,7 +655,7 @@ def _write_from_checkpoint(tf: Any, meta: Path, ckpt: Path, stage: Path, wanted:
     """Restore the written files in a fresh graph -- the way a FaceNet user's freeze/export script
     starts -- so the frozen graph and SavedModel come from what is on disk, not from memory."""
     v1 = tf.compat.v1
-    with tf.Graph().as_default() as g, v1.Session(graph=g) as sess:
+    with tf.Graph().as_default() as g, v1.Session(graph=g, config=_session_config(tf)) as sess:
         saver = v1.train.import_meta_graph(str(meta), clear_devices=True)
         # global_step and friends are not in FaceNet's checkpoint: initialise, then restore.
         sess.run([v1.global_variables_initializer(), v1.local_variables_initializer()])
@@ -674,7 +682,8 @@ def _write_from_checkpoint(tf: Any, meta: Path, ckpt: Path, stage: Path, wanted:
                 "-> embeddings)")
 
 
-def example_command(out: str = "example_model", tiny: bool = False, seed: int = 0) -> None:
+def example_command(out: str = "example_model", tiny: bool = False, seed: int = 0,
+                    formats: str | tuple = ",".join(FORMATS)) -> None:
     """Write the built-in FaceNet example (Inception-ResNet-v1) as checkpoint, frozen graph and
     SavedModel, to try every input flow of the builder on a realistic model.
 
@@ -684,14 +693,26 @@ def example_command(out: str = "example_model", tiny: bool = False, seed: int = 
         tiny: write a few-channel 80x80 -> 16-d version with the same ops and interface, in
             seconds (for tests and quick trials).
         seed: integer seed for the weights; the same seed writes the same weights.
+        formats: comma list of what to write: checkpoint, frozen, savedmodel (default: all).
     """
+    from builder.cli_util import as_list
+
     if isinstance(tiny, str):
         raise InputError(f"--tiny {tiny!r}: it is a switch, use --tiny or --notiny")
     _check_seed(seed, "--seed")
-    info = write_example(out, tiny=bool(tiny), seed=seed)
+    wanted = as_list(formats, "--formats")
+    bad = [f for f in wanted if f not in FORMATS]
+    if bad or not wanted:
+        raise InputError(f"--formats {','.join(bad or wanted)!r} not understood: use a comma "
+                         f"list of {', '.join(FORMATS)}")
+    info = write_example(out, tiny=bool(tiny), seed=seed, formats=wanted)
     print(f"model: FaceNet Inception-ResNet-v1, {info['parameters']:,} parameters, input "
           f"input:0 [-1,{info['image_size']},{info['image_size']},3] float32, output "
           f"embeddings:0 [-1,{info['embedding_size']}], feed phase_train:0=False")
     for key in ("meta", "checkpoint_prefix", "frozen", "savedmodel"):
-        print(f"{key:>17}: {info[key]}")
-    print(f"try: python -m builder export --flow checkpoint --model {info['checkpoint_dir']} ...")
+        if key in info:
+            print(f"{key:>17}: {info[key]}")
+    flow, model = next((f, info[k]) for f, k in (("checkpoint", "checkpoint_dir"),
+                                                ("frozen", "frozen"),
+                                                ("savedmodel", "savedmodel")) if k in info)
+    print(f"next: python -m builder export --flow {flow} --model {model} ...")

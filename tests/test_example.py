@@ -180,9 +180,12 @@ def test_savedmodel_matches_checkpoint(tiny: dict, probe: np.ndarray) -> None:
 def test_cli_same_seed_writes_same_weights(tiny: dict, probe: np.ndarray, tmp_path: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "again"
-    assert cli_main(["example", "--out", str(out), "--tiny", "--seed", "0"]) == 0
+    assert cli_main(["example", "--out", str(out), "--tiny", "--seed", "0",
+                     "--formats", "checkpoint"]) == 0
     printed = capsys.readouterr().out
     assert "88,136 parameters" in printed and "embeddings:0 [-1,16]" in printed
+    assert f"--flow checkpoint --model {out / 'checkpoint'}" in printed
+    assert sorted(os.listdir(out)) == ["checkpoint"]
     first = tf.train.load_checkpoint(str(tiny["checkpoint_prefix"]))
     again_prefix = v1.train.latest_checkpoint(str(out / "checkpoint"))
     second = tf.train.load_checkpoint(again_prefix)
@@ -294,9 +297,15 @@ def test_bad_arguments_write_nothing(tmp_path: Path, kwargs: dict, message: str)
     assert os.listdir(tmp_path) == []
 
 
-def test_cli_rejects_bad_seed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli_main(["example", "--out", str(tmp_path / "m"), "--seed", "x1"]) == 2
-    assert "error: --seed 'x1' is not an integer" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "x1"], "error: --seed 'x1' is not an integer"),
+    (["--formats", "frozen,pt"], "error: --formats 'pt' not understood"),
+])
+def test_cli_rejects_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture, argv: list,
+                               message: str) -> None:
+    assert cli_main(["example", "--out", str(tmp_path / "m"), "--tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err
     assert os.listdir(tmp_path) == []
 
 
