@@ -111,6 +111,7 @@ def publish(repo: str, name: str, to: str, version: object = "latest", keep: obj
         if not dry_run:
             target.cleanup_own_staging(name, lv.version, manifest)
     elif not dry_run:
+        test_pause("publish-start")
         try:
             target.publish(lv.path, name, lv.version, manifest, log)
         except _Raced:
@@ -129,7 +130,16 @@ def publish(repo: str, name: str, to: str, version: object = "latest", keep: obj
                 target.delete(name, v)
             log(f"  {'would delete' if dry_run else 'deleted'} version {v} (retention --keep "
                 f"{keep_n})")
-        result.deleted = doomed
+        # object stores: leftovers of an interrupted delete (no saved_model.pb, never loadable)
+        # older than what was just published are finished off too
+        for v in target.partial_versions(name):
+            if v < lv.version and v not in protected:
+                if not dry_run:
+                    target.delete(name, v)
+                log(f"  {'would remove' if dry_run else 'removed'} the remains of version {v} "
+                    f"(an interrupted publish or delete)")
+                doomed.append(v)
+        result.deleted = sorted(doomed)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -267,9 +277,10 @@ def publish_command(repo: str = "", name: str = "", to: str = "", version: str =
     Args:
       repo: Local model repository (REPO/NAME/VERSION/...).
       name: Model name (directory under --repo).
-      to: TARGET: a model base path root (path, file://, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)
-        receiving TARGET/NAME/VERSION/, or oci://HOST[:PORT]/REPOSITORY[:TAG] (tag default
-        NAME-VERSION). s3/gs need `pip install 'tfs-builder[s3]'` / `[gcs]`, oci needs `[oci]`.
+      to: TARGET, a path, file://, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or oci://HOST[:PORT]/REPO[:TAG].
+        A path or bucket prefix is a model base path root that receives TARGET/NAME/VERSION/;
+        an OCI tag defaults to NAME-VERSION. s3, gs and oci need the pip extras
+        tfs-builder[s3], tfs-builder[gcs] and tfs-builder[oci].
       version: Version to publish, default 'latest' (the newest; refused unless its build_info
         records a passed parity check).
       keep: After publishing keep only the newest N versions at the target (tags NAME-N on oci);

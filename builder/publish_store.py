@@ -87,8 +87,17 @@ class Target:
         """Complete (loadable) versions, ascending."""
         raise NotImplementedError
 
+    def partial_versions(self, name: str) -> list[int]:
+        """Numeric prefixes holding objects but no saved_model.pb (interrupted publish/delete)."""
+        return []
+
     def existing_manifest(self, name: str, version: int) -> Manifest:
+        """The manifest to compare a re-publish against (computed if the version has none)."""
         raise NotImplementedError
+
+    def published_manifest(self, name: str, version: int) -> Manifest:
+        """The manifest.json a published version must carry (verify refuses a version without)."""
+        return self.existing_manifest(name, version)
 
     def list_files(self, name: str, version: int) -> dict[str, int]:
         raise NotImplementedError
@@ -111,7 +120,7 @@ class Target:
     def verify(self, name: str, version: int, manifest: Manifest | None = None) -> Manifest:
         """Read every byte back and compare with the manifest (the published one by default)."""
         where = self.version_url(name, version)
-        manifest = manifest or self.existing_manifest(name, version)
+        manifest = manifest or self.published_manifest(name, version)
         found = self.list_files(name, version)
         problems = diff_manifest(manifest, found, where)
         for rel in sorted(manifest.files):
@@ -159,6 +168,13 @@ class LocalTarget(Target):
             return Manifest.from_json(m.read_bytes(), str(m))
         return compute_manifest(d)  # a version put there by something else: judge by content
 
+    def published_manifest(self, name: str, version: int) -> Manifest:
+        m = self._vdir(name, version) / MANIFEST_REL
+        if not m.is_file():
+            raise PublishError(f"{self.version_url(name, version)} has no {MANIFEST_REL}: it was not "
+                               f"published by tfs-builder (or is incomplete); re-publish it")
+        return Manifest.from_json(m.read_bytes(), str(m))
+
     def list_files(self, name: str, version: int) -> dict[str, int]:
         d = self._vdir(name, version)
         if not d.is_dir():
@@ -173,6 +189,10 @@ class LocalTarget(Target):
 
     def open(self, name: str, version: int, rel: str) -> BinaryIO:
         return open(self._vdir(name, version) / rel, "rb")
+
+    def cleanup_own_staging(self, name: str, version: int, manifest: Manifest) -> None:
+        """Staging/deleting dirs of killed publishers (dead pids) go on every run, no-op or not."""
+        paths.clean_stale_staging(self.root / name)
 
     def publish(self, src: Path, name: str, version: int, manifest: Manifest, log: Log) -> None:
         model_dir = self.root / name
@@ -344,19 +364,22 @@ class ObjectTarget(Target):
             return "absent"
         return "complete" if SAVED_MODEL_REL in objs else "partial"
 
+    def _numeric_prefixes(self, name: str) -> dict[int, set[str]]:
+        """version -> relative object names under it (one listing of the whole model prefix)."""
+        out: dict[int, set[str]] = {}
+        for rel in self._find(self._p(name)):
+            head, _, rest = rel.partition("/")
+            if rest and paths.is_version_name(head):
+                out.setdefault(int(head), set()).add(rest)
+        return out
+
     def versions(self, name: str) -> list[int]:
         self.check_bucket()
-        self.fs.invalidate_cache()
-        try:
-            entries = self._call("listing versions", self.fs.ls, self._p(name), detail=False)
-        except FileNotFoundError:
-            return []
-        out = []
-        for e in entries:
-            base = e.rstrip("/").rsplit("/", 1)[-1]
-            if paths.is_version_name(base) and self._exists(self._p(name, base, SAVED_MODEL_REL)):
-                out.append(int(base))
-        return sorted(out)
+        return sorted(v for v, rels in self._numeric_prefixes(name).items() if SAVED_MODEL_REL in rels)
+
+    def partial_versions(self, name: str) -> list[int]:
+        self.check_bucket()
+        return sorted(v for v, rels in self._numeric_prefixes(name).items() if SAVED_MODEL_REL not in rels)
 
     def _exists(self, p: str) -> bool:
         try:
