@@ -295,6 +295,7 @@ def _leaf(v: Any, dtype: Any) -> Any:
             except (binascii.Error, ValueError):
                 raise RpcStatus("INVALID_ARGUMENT", "Unable to base64 decode") from None
         raise type_error()
+    _check_json_dtype(v, dtype)
     kind = np.dtype(dtype).kind
     if kind == "b":
         if isinstance(v, bool):
@@ -309,6 +310,20 @@ def _leaf(v: Any, dtype: Any) -> Any:
         if not info.min <= v <= info.max:
             raise type_error()
     return v
+
+
+# The tensor types json_tensor.cc converts from JSON; anything else is UNIMPLEMENTED there.
+_JSON_DTYPES = frozenset({"float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint32",
+                          "uint64", "bool", "object"})
+
+
+def _check_json_dtype(v: Any, dtype: Any) -> None:
+    import numpy as np
+
+    name = "object" if dtype == np.object_ else np.dtype(dtype).name
+    if name not in _JSON_DTYPES:
+        raise RpcStatus("UNIMPLEMENTED",
+                        f"Conversion of JSON Value: {_json_str(v)} to type: {_dtype_name(dtype)}")
 
 
 def _fill(v: Any, level: int, shape: list[int], dtype: Any, out: list) -> None:
@@ -340,6 +355,7 @@ def json_to_array(value: Any, dtype: Any, may_have_bools: bool = True) -> Any:
     json_tensor.cc's checks (dense shape, value types). Numeric lists take a vectorised path."""
     import numpy as np
 
+    _check_json_dtype(value, dtype)
     if dtype != np.object_ and isinstance(value, list) and not may_have_bools:
         try:
             arr = np.asarray(value)
@@ -364,7 +380,7 @@ def json_to_array(value: Any, dtype: Any, may_have_bools: bool = True) -> Any:
     return np.array(flat, dtype=dtype).reshape(shape)
 
 
-_TF_DTYPE_NAMES = {"float32": "float", "float64": "double", "object": "string", "bool": "bool"}
+_TF_DTYPE_NAMES = {"float32": "float", "float64": "double", "float16": "half", "object": "string"}
 
 
 def _dtype_name(dtype: Any) -> str:

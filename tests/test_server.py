@@ -185,6 +185,13 @@ def test_json_to_array_errors(value, dtype, message):
     assert message in err.value.message
 
 
+def test_json_types_tf_serving_cannot_convert_are_unimplemented():
+    with pytest.raises(RpcStatus) as err:
+        srv.json_to_array([1.0, 2.0], np.float16, may_have_bools=False)
+    assert err.value.code == "UNIMPLEMENTED" and err.value.http_status == 501
+    assert err.value.message == "Conversion of JSON Value: [1.0,2.0] to type: half"
+
+
 def test_vectorised_path_agrees_with_checked_path():
     rows = sample_inputs(5).tolist()
     fast = srv.json_to_array(rows, np.float32, may_have_bools=False)
