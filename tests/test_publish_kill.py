@@ -247,3 +247,23 @@ def test_verify_rejects_what_a_kill_test_would_miss(template_repo, tmp_path):
     (partial / "saved_model.pb").write_bytes((out / "tiny" / "1" / "saved_model.pb").read_bytes())
     with pytest.raises(PublishError):
         local_visible(out)
+
+
+def test_version_appearing_during_publish_is_never_overwritten(template_repo, tmp_path):
+    """Another publisher wins the race for 2/ while we are staged: we refuse, and clean up."""
+    out = tmp_path / "serving"
+    p = _start(_publish_args(template_repo, str(out), 2),
+               {"TFS_BUILDER_TEST_PAUSE_AT": "local-staged", "TFS_BUILDER_TEST_PAUSE_SECONDS": "2"})
+    try:
+        _wait_for_pause(p, "local-staged")
+        rival = tmp_path / "rival"
+        rs.make_version(rival, "tiny", 2, seed=8)
+        publish.publish(str(rival), "tiny", str(out), version=2)  # lands first
+        _out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 2
+    assert "tiny/2 already exists with different content" in err
+    assert rs.tree(out / "tiny" / "2") == rs.tree(rival / "tiny" / "2")
+    assert _staging_left(out) == []
