@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from builder.cli_util import as_int_list, as_list, as_mapping
-from builder.errors import InputError, ServingError
+from builder.errors import BuilderError, InputError, ServingError
 from builder.model import TensorInfo
 
 SOURCE_KINDS = ("checkpoint", "frozen", "savedmodel", "keras")
@@ -214,7 +214,8 @@ def _parse_path(spec: CandidateSpec, kind: str | None, flag: str, shown: str) ->
 
     p = Path(spec.target).expanduser()
     if not p.exists():
-        raise InputError(f"{flag} {shown!r}: {p} does not exist; write {SPEC_HELP}")
+        raise InputError(f"{flag} {shown!r}: {p} does not exist: fix the path (LABEL=PATH, "
+                         "or HOST:PORT/NAME for a gRPC server)")
     if kind == "export" or (kind is None and _is_version_dir(p)):
         spec.kind = "export"
         if not (p / "saved_model.pb").exists():
@@ -298,6 +299,7 @@ class BenchOptions:
     out: str | None = None
     basename: str | None = None
     quiet: bool = False
+    server_pids: list[int] = field(default_factory=list)  # their CPU is not "background load"
 
     def timed_runs(self) -> int | None:
         if self.runs is None and self.seconds is None:
@@ -783,32 +785,53 @@ def _tensorrt_versions() -> tuple[str | None, str | None]:
 
 
 class LoadMeter:
-    """How busy the machine was while we measured: all CPUs (from /proc/stat) vs this process,
-    so a reader can tell a quiet run from one taken under other people's load."""
+    """How busy the machine was while we measured: all CPUs (from /proc/stat) vs this process
+    (plus ``pids``, e.g. a local server under test), so a reader can tell a quiet run from one
+    taken under other people's load."""
 
-    def __init__(self) -> None:
+    def __init__(self, pids: tuple[int, ...] = ()) -> None:
+        self.pids = tuple(pids)
         self.t0 = time.monotonic()
         self.stat0 = _proc_stat()
         self.self0 = _own_cpu_seconds()
+        self.pids0 = {p: _pid_cpu_seconds(p) for p in self.pids}
         self.load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
 
-    def finish(self, extra_pids: tuple[int, ...] = ()) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         wall = time.monotonic() - self.t0
         stat1 = _proc_stat()
         own = _own_cpu_seconds() - self.self0
+        servers = 0.0
+        for p, c0 in self.pids0.items():
+            c1 = _pid_cpu_seconds(p)
+            if c0 is not None and c1 is not None:
+                servers += c1 - c0
         out: dict[str, Any] = {
             "wall_seconds": round(wall, 2),
             "loadavg_start": list(self.load0) if self.load0 else None,
             "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "this_process_cpu_seconds": round(own, 2),
+            "server_pids": list(self.pids),
+            "server_cpu_seconds": round(servers, 2),
         }
-        if self.stat0 and stat1:
+        if self.stat0 and stat1 and wall > 0:
             busy = (stat1[0] - self.stat0[0]) / os.sysconf("SC_CLK_TCK")
             ncpu = os.cpu_count() or 1
-            out["all_cpu_busy_fraction"] = round(busy / (wall * ncpu), 3)
+            out["all_cpu_busy_fraction"] = round(min(1.0, busy / (wall * ncpu)), 3)
             out["this_process_cpu_fraction"] = round(own / (wall * ncpu), 3)
-            out["other_cpu_fraction"] = round(max(0.0, busy - own) / (wall * ncpu), 3)
+            out["server_cpu_fraction"] = round(servers / (wall * ncpu), 3)
+            out["other_cpu_fraction"] = round(min(1.0, max(0.0, busy - own - servers) / (wall * ncpu)), 3)
         return out
+
+
+def _pid_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of another process (Linux /proc), None if it is gone or unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _proc_stat() -> tuple[int, int] | None:
@@ -934,7 +957,7 @@ def run_benchmark(o: BenchOptions) -> dict[str, Any]:
     from builder.export import batch_of
 
     validate(o)
-    meter = LoadMeter()
+    meter = LoadMeter(tuple(o.server_pids))
     started = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     runners: list[Runner] = []
     try:
@@ -942,7 +965,12 @@ def run_benchmark(o: BenchOptions) -> dict[str, Any]:
             t = time.perf_counter()
             _log(o, f"loading {c.label} ({c.kind}: {c.target}"
                     f"{f' model {c.model_name}' if c.model_name else ''}) ...")
-            runners.append(open_runner(c, o))
+            try:
+                runners.append(open_runner(c, o))
+            except BuilderError as e:
+                if str(e).startswith("candidate "):
+                    raise
+                raise type(e)(f"candidate {c.label!r}: {e}") from None
             _log(o, f"  loaded {c.label} in {time.perf_counter() - t:.1f}s")
         samples = _make_samples(runners, o)
         common = _check_signatures(runners, samples)
@@ -1099,11 +1127,14 @@ def render_markdown(doc: dict[str, Any], png_name: str | None = None) -> str:
         lines.append(f"FP32 GEMM throughput of this machine: {best:.1f} GFLOP/s (best "
                      f"{g['n']}x{g['n']} tf.matmul; median {g['gflops']['median']:.1f}).")
     if "all_cpu_busy_fraction" in load:
+        server = (f", the local server {load['server_cpu_fraction'] * 100:.0f}%"
+                  if load.get("server_pids") else "")
+        avg = (f" (load average {load['loadavg_start'][0]:.1f} -> {load['loadavg_end'][0]:.1f})"
+               if load.get("loadavg_start") and load.get("loadavg_end") else "")
         lines.append(
             f"Machine load during the run: CPUs {load['all_cpu_busy_fraction'] * 100:.0f}% busy, "
-            f"of which other processes {load['other_cpu_fraction'] * 100:.0f}%"
-            + (f" (load average {load['loadavg_start'][0]:.1f} -> {load['loadavg_end'][0]:.1f})."
-               if load.get("loadavg_start") and load.get("loadavg_end") else "."))
+            f"of which this benchmark {load['this_process_cpu_fraction'] * 100:.0f}%{server} and "
+            f"other processes {load['other_cpu_fraction'] * 100:.0f}%{avg}.")
     runs = f"{s['runs']} timed runs" if s["runs"] else ""
     if s["seconds"]:
         runs = (runs + " or " if runs else "") + f"{s['seconds']:g} s"
@@ -1269,6 +1300,7 @@ def benchmark_command(
     timeout: float = 300.0,
     out: str | None = None,
     basename: str | None = None,
+    server_pids: Any = None,
 ) -> None:
     """Benchmark candidates side by side: latency, throughput, speedup and accuracy delta vs the
     first candidate, per batch size; writes JSON, a Markdown table and a PNG plot.
@@ -1324,6 +1356,8 @@ def benchmark_command(
       timeout: Seconds per server request before it counts as failed. Default 300.
       out: Directory for results.json, results.md and latency_throughput.png.
       basename: Name the outputs BASENAME.json/.md/.png instead.
+      server_pids: Process ids of local servers under test (comma separated); their CPU time
+        is reported as the servers', not as background load from other processes.
     """
     specs = [*as_list(list(positional), "candidates"), *as_list(candidates, "--candidates")]
     mv = None
@@ -1356,6 +1390,7 @@ def benchmark_command(
         timeout=_num(timeout, "--timeout"),
         out=str(out) if out else None,
         basename=str(basename) if basename else None,
+        server_pids=[int(p) for p in as_int_list(server_pids, "--server_pids")],
     )
     validate(o)
     doc = run_benchmark(o)
