@@ -189,6 +189,7 @@ def plan(
         pinned = _int_flag(version, "--version", 1)
     optimizer = None
     has_trt = False
+    art = None
     batch_sizes: list[int] = []
     if repo:
         mdir = Path(str(repo)) / name
@@ -233,9 +234,11 @@ def plan(
     elif want_gpu and not image_is_gpu:
         raise CompatibilityError(f"--image {image_ref} is a CPU image but a GPU is requested: "
                                  "use a -gpu tag such as tensorflow/serving:2.17.0-gpu")
-    problem = compat.image_problem(has_trt, image_ref)
+    problem = art.problem(image_ref) if art else compat.image_problem(has_trt, image_ref)
     if problem:
         raise CompatibilityError(f"--image: {name} version {pinned}: {problem}")
+    if art and art.warning(image_ref):
+        notes.append(str(art.warning(image_ref)))
 
     # ---- where the server reads the model ----
     claim = str(volume_claim).strip() if volume_claim else None

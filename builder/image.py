@@ -115,10 +115,19 @@ class ArtefactInfo:
     path: Path
     trt_ops: set[str] = field(default_factory=set)
     optimizer: str | None = None  # from build_info.json, None when there is none
+    missing_ops: set[str] = field(default_factory=set)  # no stock TF Serving can run these
+    tensorrt_version: list[int] | None = None  # TensorRT the engines were built with
 
     @property
     def has_trt(self) -> bool:
         return bool(self.trt_ops) or self.optimizer == "tftrt"
+
+    def problem(self, image_ref: str) -> str | None:
+        return compat.image_problem(self.has_trt, image_ref, missing_ops=self.missing_ops,
+                                    tensorrt_version=self.tensorrt_version)
+
+    def warning(self, image_ref: str) -> str | None:
+        return compat.image_warning(self.has_trt, image_ref, self.tensorrt_version)
 
 
 def read_build_info(version_path: str | os.PathLike) -> dict[str, Any] | None:
@@ -135,12 +144,8 @@ def read_build_info(version_path: str | os.PathLike) -> dict[str, Any] | None:
     return data
 
 
-def saved_model_trt_ops(version_path: str | os.PathLike) -> set[str]:
-    """TensorRT op types in ``saved_model.pb`` (all meta graphs, library functions included).
-
-    The proto is parsed rather than trusting build_info alone: a TF-TRT SavedModel copied in
-    by hand has no build_info, and it is the ops that make a server refuse the model.
-    """
+def saved_model_graph_defs(version_path: str | os.PathLike) -> list[Any]:
+    """The GraphDefs of every meta graph in ``saved_model.pb`` (InputError if unreadable)."""
     pb = Path(version_path) / "saved_model.pb"
     if not pb.is_file():
         raise InputError(f"{pb}: missing: {Path(version_path)} is not a SavedModel version "
@@ -154,20 +159,39 @@ def saved_model_trt_ops(version_path: str | os.PathLike) -> set[str]:
         sm.ParseFromString(pb.read_bytes())
     except DecodeError:
         raise InputError(f"{pb}: not a SavedModel protobuf: re-export this version") from None
+    return [mg.graph_def for mg in sm.meta_graphs]
+
+
+def saved_model_trt_ops(version_path: str | os.PathLike) -> set[str]:
+    """TensorRT op types in ``saved_model.pb`` (all meta graphs, library functions included).
+
+    The proto is parsed rather than trusting build_info alone: a TF-TRT SavedModel copied in
+    by hand has no build_info, and it is the ops that make a server refuse the model.
+    """
     ops: set[str] = set()
-    for mg in sm.meta_graphs:
-        ops |= compat.trt_ops(mg.graph_def)
+    for gd in saved_model_graph_defs(version_path):
+        ops |= compat.trt_ops(gd)
     return ops
 
 
 def scan_version(name: str, version: int, path: str | os.PathLike) -> ArtefactInfo:
-    info = read_build_info(path)
+    """Gate facts for one version: TRT ops, ops no stock server runs, build_info fields."""
+    info = read_build_info(path) or {}
+    trt: set[str] = set()
+    missing: set[str] = set()
+    for gd in saved_model_graph_defs(path):
+        trt |= compat.trt_ops(gd)
+        missing |= compat.serving_missing_ops(gd)
+    trt_info = info.get("tensorrt") if isinstance(info.get("tensorrt"), dict) else {}
+    loaded = trt_info.get("loaded_version") if trt_info else None
     return ArtefactInfo(
         name=name,
         version=version,
         path=Path(path),
-        trt_ops=saved_model_trt_ops(path),
-        optimizer=(info or {}).get("optimizer"),
+        trt_ops=trt,
+        optimizer=info.get("optimizer"),
+        missing_ops=missing,
+        tensorrt_version=[int(x) for x in loaded] if loaded else None,
     )
 
 
@@ -199,9 +223,14 @@ def scan_repo(repo: str | os.PathLike, models: Iterable[str] | None = None) -> l
 def gate(artefacts: Sequence[ArtefactInfo], image: str) -> None:
     """Refuse an image that cannot load one of the artefacts (CompatibilityError, one line)."""
     for a in artefacts:
-        problem = compat.image_problem(a.has_trt, image)
+        problem = a.problem(image)
         if problem:
             raise CompatibilityError(f"{a.name}/{a.version} ({a.path}): {problem}")
+
+
+def gate_warnings(artefacts: Sequence[ArtefactInfo], image: str) -> list[str]:
+    """Pairings that load but are slow (TensorRT minor/patch mismatch rebuilds engines)."""
+    return [f"{a.name}/{a.version}: {w}" for a in artefacts if (w := a.warning(image))]
 
 
 def serving_image(tag: str) -> str:
@@ -305,6 +334,7 @@ class BuildContext:
     serving_tag: str
     models: dict[str, list[int]]
     has_trt: bool
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def dockerfile(self) -> Path:
@@ -414,7 +444,8 @@ def prepare(
             elif not target.is_file():
                 target.write_text(default(), encoding="utf-8")
         ctx = BuildContext(path=out, serving_tag=str(image_tag), models=chosen,
-                           has_trt=any(a.has_trt for a in artefacts))
+                           has_trt=any(a.has_trt for a in artefacts),
+                           warnings=gate_warnings(artefacts, base))
         (tmp / "build.json").write_text(json.dumps({
             "serving_tag": ctx.serving_tag,
             "base_image": base,
@@ -586,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                     else ""))
         for name, versions in ctx.models.items():
             print(f"  model:       {name} versions {', '.join(map(str, versions))}")
+        for w in ctx.warnings:
+            print(f"warning: {w}")
         image = args.image or "IMAGE"
         print("docker build command:")
         print("  " + shlex.join(build_command(ctx.path, image, args.serving_tag)))

@@ -303,3 +303,21 @@ def test_bad_batching_file_refused(repos, tmp_path, capsys):
                          "gs://b/tiny", "--batching", str(bad), "--out", str(tmp_path / "o"))
     assert rc == 2 and "must equal max_batch_size" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_tensorrt_version_and_custom_ops_gate(repos, tmp_path, capsys):
+    trt = tmp_path / "trt"
+    shutil.copytree(repos["trt"], trt)
+    info = trt / "tiny" / "1" / "assets.extra" / "build_info.json"
+    data = json.loads(info.read_text())
+    data["tensorrt"] = {"loaded_version": [10, 3, 0]}
+    info.write_text(json.dumps(data))
+    rc, _, err = _deploy(capsys, "--name", "tiny", "--repo", str(trt), "--base_path",
+                         "gs://b/tiny", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "engines were built with TensorRT 10.3.0" in err
+    data["tensorrt"] = {"loaded_version": [8, 5, 3]}
+    info.write_text(json.dumps(data))
+    rc, out, err = _deploy(capsys, "--name", "tiny", "--repo", str(trt), "--base_path",
+                           "gs://b/tiny", "--out", str(tmp_path / "o"))
+    assert rc == 0, err
+    assert "note:" in out and "rebuilds the engines" in out

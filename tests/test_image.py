@@ -391,6 +391,7 @@ def _run_script(*args: str, env_extra: dict | None = None) -> subprocess.Complet
                           env=env, timeout=120)
 
 
+@pytest.mark.slow  # runs the script in fresh interpreters (TensorFlow import each)
 def test_script_without_engine_prints_context_and_command(repo, configs, tmp_path):
     out = tmp_path / "ctx"
     r = _run_script("--repo", str(repo), "--image", "localhost:5000/tiny-serving:2",
@@ -408,6 +409,7 @@ def test_script_without_engine_prints_context_and_command(repo, configs, tmp_pat
     assert (out / "models" / "tiny" / "2" / "saved_model.pb").is_file()
 
 
+@pytest.mark.slow  # runs the script in fresh interpreters (TensorFlow import each)
 def test_script_context_only_and_gate(repo, trt_repo, configs, tmp_path):
     flags = ["--models_config", str(configs["models_config"]), "--batching",
              str(configs["batching"]), "--monitoring", str(configs["monitoring"])]
@@ -483,3 +485,39 @@ def test_real_docker_build_and_serve(repo, configs, tmp_path):
     finally:
         container.remove(force=True)
         client.images.remove(tag, force=True)
+
+
+def _set_build_info(version_path: Path, **fields) -> None:
+    p = version_path / "assets.extra" / "build_info.json"
+    info = json.loads(p.read_text())
+    info.update(fields)
+    p.write_text(json.dumps(info))
+
+
+def test_tensorrt_major_mismatch_refused_minor_mismatch_warned(trt_repo, configs, tmp_path):
+    v = trt_repo / "tiny" / "1"
+    _set_build_info(v, tensorrt={"loaded_version": [10, 3, 0]})
+    with pytest.raises(CompatibilityError, match="ships TensorRT 8.6.1 but the engines were built "
+                                                 "with TensorRT 10.3.0"):
+        image.prepare_build_context(trt_repo, tmp_path / "a", "2.17.0-gpu", **configs)
+    assert not (tmp_path / "a").exists()
+    _set_build_info(v, tensorrt={"loaded_version": [8, 5, 3]})
+    ctx = image.prepare(trt_repo, tmp_path / "b", "2.17.0-gpu", **configs)
+    (w,) = ctx.warnings
+    assert w.startswith("tiny/1: ") and "rebuilds the engines" in w
+
+
+def test_custom_op_refused_for_every_stock_image(repo, configs, tmp_path):
+    """An op TF Serving's registry lacks (a custom op library) fails to load in any image."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = repo / "tiny" / "2" / "saved_model.pb"
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString(pb.read_bytes())
+    node = sm.meta_graphs[0].graph_def.library.function[0].node_def.add()
+    node.name, node.op = "custom", "Addons>MyCustomOp"
+    pb.write_bytes(sm.SerializeToString())
+    assert image.scan_version("tiny", 2, pb.parent).missing_ops == {"Addons>MyCustomOp"}
+    for tag in ("2.17.0", "2.17.0-gpu"):
+        with pytest.raises(CompatibilityError, match="cannot run ops Addons>MyCustomOp"):
+            image.prepare_build_context(repo, tmp_path / tag, tag, **configs)
