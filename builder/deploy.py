@@ -152,6 +152,7 @@ def plan(
     name: str = "",
     base_path: str = "",
     image_ref: str = DEFAULT_IMAGE,
+    serving_tag: str | None = None,
     repo: str | None = None,
     version: object = "latest",
     gpu: object = "auto",
@@ -207,38 +208,53 @@ def plan(
         batch_sizes = [int(b) for b in info.get("batch_sizes") or []]
 
     # ---- GPU and the compatibility gate ----
+    # The gate judges the tensorflow/serving build: the --image itself, or for an image made by
+    # scripts/build_serving_image the tag it was built FROM (--serving_tag).
+    repo_part, _ = simage.split_image(image_ref)
+    custom = repo_part != simage.SERVING_REPOSITORY
+    if serving_tag:
+        base = simage.serving_image(str(serving_tag))
+    elif custom:
+        base = simage.serving_image(simage.DEFAULT_SERVING_TAG)
+        if target == "kubernetes":
+            notes.append(f"assuming {image_ref} was built FROM {base} (pass --serving_tag "
+                         "otherwise)")
+    else:
+        base = image_ref
+    if target == "kserve" and custom:
+        raise InputError(f"--image {image_ref}: --target kserve runs KServe's tensorflow "
+                         "runtime, so pass a tensorflow/serving:TAG image (the model is "
+                         "downloaded from --base_path, not baked in)")
     want_gpu = _bool_or_auto(gpu, "--gpu")
-    _, image_is_gpu = compat.parse_serving_tag(image_ref)
+    _, base_is_gpu = compat.parse_serving_tag(base)
     if want_gpu is None:
         if repo:
             want_gpu = has_trt
-            if image_is_gpu and not has_trt:
+            if base_is_gpu and not has_trt:
                 notes.append(f"{name} version {pinned} was exported with --optimize "
-                             f"{optimizer or 'none'}: no GPU requested (the -gpu image runs it on "
-                             "CPU; pass --gpu true to request one)")
+                             f"{optimizer or 'none'}: no GPU requested"
+                             + (" (KServe runs the CPU build of the same version)"
+                                if target == "kserve" else
+                                " (the -gpu image runs it on CPU; pass --gpu true for a GPU)"))
         else:
-            want_gpu = image_is_gpu
+            want_gpu = base_is_gpu
     if has_trt and not want_gpu:
         raise CompatibilityError(f"--gpu false: {name} version {pinned} contains TensorRT "
                                  "engines, which need an NVIDIA GPU: drop --gpu false")
+    if want_gpu and not base_is_gpu:
+        raise CompatibilityError(f"{'--serving_tag' if serving_tag else '--image'} {base} is a CPU "
+                                 "image but a GPU is requested: use a -gpu tag such as "
+                                 "tensorflow/serving:2.17.0-gpu")
     if target == "kserve":
-        repo_part, tag = simage.split_image(image_ref)
-        if repo_part != simage.SERVING_REPOSITORY:
-            raise InputError(f"--image {image_ref}: --target kserve runs KServe's tensorflow "
-                             "runtime, so pass a tensorflow/serving:TAG image (the model is "
-                             "downloaded from --base_path, not baked in)")
-        runtime = tag if (want_gpu or "gpu" not in tag) else tag.replace("-gpu", "")
-        if want_gpu and "-gpu" not in runtime:
-            runtime = f"{runtime}-gpu"
-        image_ref = f"{simage.SERVING_REPOSITORY}:{runtime}"
-    elif want_gpu and not image_is_gpu:
-        raise CompatibilityError(f"--image {image_ref} is a CPU image but a GPU is requested: "
-                                 "use a -gpu tag such as tensorflow/serving:2.17.0-gpu")
-    problem = art.problem(image_ref) if art else compat.image_problem(has_trt, image_ref)
+        # KServe's webhook accepts a -gpu runtimeVersion only together with a GPU limit.
+        if not want_gpu and base_is_gpu:
+            base = base.replace("-gpu", "")
+        image_ref = base
+    problem = art.problem(base) if art else compat.image_problem(has_trt, base)
     if problem:
         raise CompatibilityError(f"--image: {name} version {pinned}: {problem}")
-    if art and art.warning(image_ref):
-        notes.append(str(art.warning(image_ref)))
+    if art and art.warning(base):
+        notes.append(str(art.warning(base)))
 
     # ---- where the server reads the model ----
     claim = str(volume_claim).strip() if volume_claim else None
@@ -664,6 +680,7 @@ def deploy_command(
     name: str = "",
     base_path: str = "",
     image: str = DEFAULT_IMAGE,
+    serving_tag: str = "",
     out: str = "deploy",
     repo: str = "",
     version: object = "latest",
@@ -701,7 +718,10 @@ def deploy_command(
         kubernetes: gs://... or a path inside the container (/models/NAME, with the image from
         scripts/build_serving_image or --volume_claim); kserve: the storageUri (s3://, gs://,
         pvc://CLAIM/path, oci://, https://).
-      image: Serving image. kubernetes: the image to run; kserve: its tag becomes runtimeVersion.
+      image: Serving image. kubernetes: the image to run (tensorflow/serving:TAG, or one built by
+        scripts/build_serving_image); kserve: a tensorflow/serving tag, which becomes runtimeVersion.
+      serving_tag: The tensorflow/serving tag a custom --image was built FROM (as passed to
+        scripts/build_serving_image), for the GPU/TensorRT checks; default 2.17.0-gpu.
       out: Directory to write the manifest file into.
       repo: Model repository holding the version, to read build_info (GPU, batch sizes) and
         scan for TensorRT ops. Optional, but without it --gpu auto follows the image tag.
@@ -723,7 +743,8 @@ def deploy_command(
       kubernetes_version: Kubernetes version whose schemas validate the manifests.
       validate: Validate against the schemas before writing (default true).
     """
-    p = plan(target=target, name=name, base_path=base_path, image_ref=image, repo=repo or None,
+    p = plan(target=target, name=name, base_path=base_path, image_ref=image,
+             serving_tag=serving_tag or None, repo=repo or None,
              version=version, gpu=gpu, gpus=gpus, replicas=replicas, min_replicas=min_replicas,
              max_replicas=max_replicas, target_cpu=target_cpu, cpu=cpu, memory=memory,
              namespace=namespace or None, app=app or None, volume_claim=volume_claim or None,

@@ -321,3 +321,27 @@ def test_tensorrt_version_and_custom_ops_gate(repos, tmp_path, capsys):
                            "gs://b/tiny", "--out", str(tmp_path / "o"))
     assert rc == 0, err
     assert "note:" in out and "rebuilds the engines" in out
+
+
+def test_custom_serving_image_gate_uses_its_base_tag(repos, tmp_path, capsys):
+    """An image from scripts/build_serving_image: the gate judges the tag it was built FROM."""
+    common = ["--name", "tiny", "--repo", str(repos["trt"]), "--base_path", "/models/tiny",
+              "--image", "registry.example.com/ml/tiny-serving:7"]
+    rc, out, err = _deploy(capsys, *common, "--out", str(tmp_path / "ok"))
+    assert rc == 0, err
+    assert "assuming registry.example.com/ml/tiny-serving:7 was built FROM " \
+           "tensorflow/serving:2.17.0-gpu" in out
+    dep = _by_kind(_docs(tmp_path / "ok" / "tiny-kubernetes.yaml"))["Deployment"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "registry.example.com/ml/tiny-serving:7"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for tag, msg in (("2.17.0", "--serving_tag tensorflow/serving:2.17.0 is a CPU image"),
+                     ("2.18.0-gpu", "cannot load TensorRT ops")):
+        rc, _, err = _deploy(capsys, *common, "--serving_tag", tag, "--out", str(tmp_path / tag))
+        assert rc == 2 and msg in err, err
+        assert not (tmp_path / tag).exists()
+    # KServe: an explicit CPU tag for a TF-TRT artefact is refused, not silently changed
+    rc, _, err = _deploy(capsys, "--target", "kserve", "--name", "tiny", "--repo",
+                         str(repos["trt"]), "--base_path", "s3://b/tiny", "--image",
+                         "tensorflow/serving:2.17.0", "--out", str(tmp_path / "k"))
+    assert rc == 2 and "is a CPU image but a GPU is requested" in err
