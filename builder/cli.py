@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     import fire
 
     args = list(sys.argv[1:] if argv is None else argv)
+    # `from` is a Python keyword, so `pull --from REF` reaches the function as `from_`
+    args = ["--from_" if a == "--from" else ("--from_=" + a[7:] if a.startswith("--from=") else a)
+            for a in args]
     verbose = False
     for flag in ("--verbose", "-v"):
         if flag in args:

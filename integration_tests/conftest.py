@@ -70,10 +70,12 @@ def build_repo(root: Path) -> Repo:
 
     for v in (1, 2):
         build_toy_version(root, "toy", v, batch_sizes=BATCH_SIZES)
+    export_facenet_style(root)
     config = write_models_config(root / "models.config", [
         {"name": "toy", "base_path": root / "toy", "policy": "all",
          "labels": {"stable": 1, "canary": 2}},
         {"name": "toy_latest", "base_path": root / "toy"},
+        {"name": "facenet", "base_path": root / "facenet"},
     ])
     companions = write_companions(root / "serving", batch_sizes_from_repo(root))
     repo = Repo(root, config, companions["batching"], companions["monitoring"],
@@ -81,7 +83,28 @@ def build_repo(root: Path) -> Repo:
     for v in (1, 2):
         repo.golden[("toy", v)] = read_golden(root / "toy" / str(v))
         repo.info[("toy", v)] = read_build_info(root / "toy" / str(v))
+    repo.versions["facenet"] = [1]
+    repo.golden[("facenet", 1)] = read_golden(root / "facenet" / "1")
+    repo.info[("facenet", 1)] = read_build_info(root / "facenet" / "1")
     return repo
+
+
+def export_facenet_style(root: Path) -> Path:
+    """A version written by the builder itself (``builder.export``) from a FaceNet-style TF1
+    training checkpoint: queue-fed ``input`` cut away, ``phase_train`` folded."""
+    import sys
+
+    from builder import export
+
+    sys.path.insert(0, str(PROJECT / "tests"))
+    import models  # the tiny FaceNet-interface checkpoint of the unit tests
+
+    ckpt = models.write_tiny_checkpoint(root.parent / f"{root.name}-facenet-ckpt")
+    result = export.export(export.ExportOptions(
+        model=str(ckpt), name="facenet", repo=str(root), inputs=["input"], outputs=["embeddings"],
+        feed={"phase_train": "false"}, input_alias={"input": "images"}, batch_sizes=list(BATCH_SIZES)),
+        quiet=True)
+    return result.path
 
 
 @pytest.fixture(scope="session")
