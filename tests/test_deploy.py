@@ -345,3 +345,43 @@ def test_custom_serving_image_gate_uses_its_base_tag(repos, tmp_path, capsys):
                          str(repos["trt"]), "--base_path", "s3://b/tiny", "--image",
                          "tensorflow/serving:2.17.0", "--out", str(tmp_path / "k"))
     assert rc == 2 and "is a CPU image but a GPU is requested" in err
+
+
+def test_probe_and_metrics_paths_answer_on_a_serving_server(repos, tmp_path):
+    """Serve the ConfigMap's own files (base path swapped for the local copy) with the local
+    TF-Serving-compatible server and hit the Deployment's readiness probe and scrape paths."""
+    import urllib.error
+    import urllib.request
+
+    from builder.server import LocalServer
+
+    p = deploy.plan(target="kubernetes", name="tiny", base_path="gs://bucket/models/tiny",
+                    repo=str(repos["plain"]))
+    k = _by_kind(deploy.manifests(p))
+    data = k["ConfigMap"]["data"]
+    files = {}
+    for key, text in data.items():
+        if key == "models.config":
+            text = text.replace("gs://bucket/models/tiny", str(repos["plain"] / "tiny"))
+        files[key] = tmp_path / key
+        files[key].write_text(text)
+    pod = k["Deployment"]["spec"]["template"]
+    probe = pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
+    scrape = pod["metadata"]["annotations"]["prometheus.io/path"]
+
+    def get(url: str) -> int:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    with LocalServer(model_config_file=files["models.config"],
+                     monitoring_config_file=files["monitoring.config"],
+                     batching_parameters_file=files["batching_parameters.txt"]) as server:
+        server.wait_until_ready(120)
+        assert get(server.rest_url + probe) == 200
+        assert get(server.rest_url + scrape) == 200
+        # the pinned policy serves version 2 only: version 1's metadata is "not ready" (404)
+        assert get(server.rest_url + "/v1/models/tiny/versions/1/metadata") == 404
+        assert get(server.rest_url + "/v1/models/other/metadata") == 404
