@@ -1062,7 +1062,7 @@ def run_benchmark(o: BenchOptions) -> dict[str, Any]:
             "machine": machine_info(),
             "load": meter.finish(),
             "settings": {
-                "batch_sizes": o.batch_sizes, "warmup": o.warmup, "repeats": o.repeats,
+                "batch_sizes": o.batch_sizes, "warmup": max(o.warmup, 1), "repeats": o.repeats,
                 "runs": runs, "seconds": seconds, "concurrency": o.concurrency,
                 "samples": o.samples or f"generated from the signature (seed {o.seed})",
                 "signature": o.signature, "interleaving": "round-robin per repeat, rotating start",
@@ -1135,12 +1135,14 @@ def render_markdown(doc: dict[str, Any], png_name: str | None = None) -> str:
             f"Machine load during the run: CPUs {load['all_cpu_busy_fraction'] * 100:.0f}% busy, "
             f"of which this benchmark {load['this_process_cpu_fraction'] * 100:.0f}%{server} and "
             f"other processes {load['other_cpu_fraction'] * 100:.0f}%{avg}.")
-    runs = f"{s['runs']} timed runs" if s["runs"] else ""
     if s["seconds"]:
-        runs = (runs + " or " if runs else "") + f"{s['seconds']:g} s"
+        each = f"{s['seconds']:g} s each" + (f" (at most {s['runs']} runs)" if s["runs"] else "")
+    else:
+        each = f"{s['runs']} timed runs each"
     lines += [
-        f"Each candidate and batch size: {s['warmup']} warm-up runs, then {s['repeats']} repeats "
-        f"of {runs}, candidates interleaved round-robin; inputs {s['samples']}.",
+        f"Each candidate and batch size: {s['warmup']} warm-up run{'s' if s['warmup'] != 1 else ''},"
+        f" then {s['repeats']} repeat{'s' if s['repeats'] != 1 else ''} of {each}, candidates "
+        f"interleaved round-robin; inputs {s['samples']}.",
         "",
         "| candidate | batch | p50 ms | p90 ms | p99 ms | items/s median (min-max) | speedup "
         "| max abs diff | min cosine | % of GEMM peak |",
@@ -1161,6 +1163,15 @@ def render_markdown(doc: dict[str, Any], png_name: str | None = None) -> str:
         "same input batch. Latency percentiles cover all timed runs; items/s is the "
         "median (min-max) over repeats.",
     ]
+    others = [r for r in doc["results"] if r["candidate"] != doc["reference"]]
+    if others:
+        worst = max(others, key=lambda r: r["accuracy"]["max_abs_diff"])
+        least = min(others, key=lambda r: r["accuracy"]["min_cosine"])
+        lines.append(
+            f"Accuracy: the largest difference from {doc['reference']} over every candidate and "
+            f"batch is max abs diff {_fmt_diff(worst['accuracy']['max_abs_diff'])} "
+            f"({worst['candidate']}), min cosine {least['accuracy']['min_cosine']:.6f} "
+            f"({least['candidate']}).")
     flops = [c for c in doc["candidates"] if c.get("flops_per_item")]
     if flops:
         lines.append("Model FLOPs (TensorFlow profiler, per item): " + ", ".join(
