@@ -4,8 +4,8 @@ WHY: the canonical hard case for tfs-builder is a FaceNet (davidsandberg/facenet
 *training* MetaGraph whose embeddings only come out right with ``phase_train=False`` fed, whose
 ``input`` is not a placeholder but an Identity behind a queue-based input pipeline (with PyFunc
 and ReadFile ops in it), and whose batch norm sits behind ``Switch``/``Merge`` conditionals with
-ref variables. The release weights cannot be fetched here and carry their own licence, so this
-module writes a network with the same published architecture (Inception-ResNet-v1, Szegedy et
+ref variables. The release weights cannot be fetched here (the network reaches only package
+registries), so this module writes a network with the same published architecture (Inception-ResNet-v1, Szegedy et
 al. 2016, as FaceNet configures it) and the same awkward interface, with seeded weights.
 
 What is written (all three formats the FaceNet tutorials hand to a serving pipeline)::
@@ -30,8 +30,9 @@ Faithfulness notes that the rest of the builder relies on:
   are on the enqueue side, so they are not in the frozen graph; they are in the MetaGraph and in
   the SavedModel.
 * The SavedModel is the naive tutorial export (import MetaGraph, restore, SavedModelBuilder): it
-  holds the whole training graph, and its signature has ``images`` -> ``input:0`` *and*
-  ``phase_train`` -> ``phase_train:0`` inputs, because the graph cannot run without that feed.
+  holds the whole training graph (input pipeline, softmax head, loss), and its signature has
+  ``images`` -> ``input:0`` *and* ``phase_train`` -> ``phase_train:0`` inputs, because the
+  graph cannot run without that feed.
   Folding ``phase_train=False`` and pruning is the builder's job, not this file's.
 * Batch-norm statistics are not trivial: betas ~N(0, 0.1), and ``initialize_facenet`` measures
   the moving means/variances on seeded probe images in training mode, then perturbs them per
@@ -689,7 +690,7 @@ def example_command(out: str = "example_model", tiny: bool = False, seed: int = 
 
     Args:
         out: directory to create (must be absent or empty); gets checkpoint/, frozen/facenet.pb
-            and savedmodel/. The full model takes about a minute and ~400 MB on disk.
+            and savedmodel/. The full model takes about a minute and ~290 MB on disk.
         tiny: write a few-channel 80x80 -> 16-d version with the same ops and interface, in
             seconds (for tests and quick trials).
         seed: integer seed for the weights; the same seed writes the same weights.
