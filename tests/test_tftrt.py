@@ -521,3 +521,69 @@ def test_gpu_tftrt_export_of_the_facenet_example(probe, facenet_tiny, tmp_path, 
     assert compat.trt_ops(saved_model_graph_defs(r.path)[0])
     assert compat.image_problem(True, "tensorflow/serving:2.17.1-gpu") is None
     assert compat.image_problem(True, "tensorflow/serving:2.17.1") is not None
+
+
+# --------------------------------------------------------------------------- GPU builder image
+
+DOCKERFILE = Path(__file__).resolve().parents[1] / "scripts" / "builder-gpu.Dockerfile"
+
+
+def _dockerfile() -> list:
+    import dockerfile
+
+    return list(dockerfile.parse_file(str(DOCKERFILE)))
+
+
+def test_gpu_builder_image_pins_what_serving_2_17_gpu_ships():
+    import tensorflow as tf
+
+    from builder import compat
+
+    cmds = _dockerfile()
+    args = dict(c.value[0].split("=", 1) for c in cmds if c.cmd == "ARG" and "=" in c.value[0])
+    assert args["TENSORFLOW_VERSION"] == tf.__version__ == "2.17.1"
+    trt = tuple(int(x) for x in args["TENSORRT_DEB_VERSION"].split("-")[0].split(".")[:3])
+    assert trt == compat.SERVING_GPU_TENSORRT[(2, 17)]  # engines built here load in 2.17-gpu
+    run = " ".join(" ".join(c.value) for c in cmds if c.cmd == "RUN")
+    assert "libnvinfer8=${TENSORRT_DEB_VERSION}" in run and "apt-mark hold libnvinfer8" in run
+    assert '"tensorflow[and-cuda]==${TENSORFLOW_VERSION}"' in run
+    entry = next(c for c in cmds if c.cmd == "ENTRYPOINT")
+    assert list(entry.value) == ["python", "-m", "builder"]
+    root = DOCKERFILE.parents[1]
+    for c in cmds:
+        if c.cmd == "COPY":
+            for src in c.value[:-1]:
+                assert (root / src).exists(), f"COPY source {src} missing"
+    # the command the UnavailableError hands out is the one documented in the Dockerfile
+    text = DOCKERFILE.read_text()
+    assert "docker build -f scripts/builder-gpu.Dockerfile -t tfs-builder-gpu ." in text
+    assert "docker build -f scripts/builder-gpu.Dockerfile -t tfs-builder-gpu ." in tftrt.GPU_IMAGE_HINT
+
+
+@pytest.mark.docker
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_builder_image_builds_and_sees_tensorrt():
+    """Build the image for real and run the probe inside with the host's GPUs."""
+    import shutil
+
+    from builder.server import docker_unavailable_reason
+
+    reason = docker_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("nvidia-smi") is None:
+        pytest.skip("no NVIDIA driver on this host (nvidia-smi not found)")
+    import docker
+
+    client = docker.from_env()
+    client.images.build(path=str(DOCKERFILE.parents[1]), dockerfile=str(DOCKERFILE), tag="tfs-builder-gpu:test")
+    out = client.containers.run(
+        "tfs-builder-gpu:test", entrypoint="python", remove=True,
+        command=["-c", "import json; from builder import tftrt; print(json.dumps(tftrt.probe_tensorrt()))"],
+        device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])])
+    import json
+
+    probe = json.loads(out.decode().strip().splitlines()[-1])
+    assert probe["available"], probe["reason"]
+    assert probe["loaded_version"][:2] == [8, 6]
