@@ -221,8 +221,11 @@ def test_input_pipeline_reads_rotates_and_batches(tmp_path: Path) -> None:
         p.write_bytes(tf.io.encode_png(img).numpy())
         sources.append(img)
         paths.append(str(p))
+    assert v1.control_flow_v2_enabled()
     graph = tf.Graph()
     roles = example.build_facenet_graph(graph, tiny=True, seed=0)
+    # TF1 Switch/Merge were used for this graph only: the process-wide TF2 default is back.
+    assert v1.control_flow_v2_enabled()
     control = example.RANDOM_ROTATE | example.FIXED_STANDARDIZATION
     with graph.as_default(), v1.Session(graph=graph) as sess:
         example.initialize_facenet(sess, roles, seed=0)
