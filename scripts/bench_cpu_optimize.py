@@ -122,15 +122,34 @@ def flops_per_image(graph_def: Any, input_tensor: str, image_shape: tuple[int, .
 
 class Candidate:
     def __init__(self, name: str, sess: Any, feed_in: Any, fetch: Any, extra_feed: dict | None = None,
-                 nodes: int = 0):
+                 nodes: int = 0, t0: float | None = None):
         self.name, self.sess, self.feed_in, self.fetch = name, sess, feed_in, fetch
         self.extra_feed = extra_feed or {}
         self.nodes = nodes
         self.b1: list[float] = []
         self.b100: list[float] = []
+        self.kernels: dict[str, int] = {}
+        # load + first batch-1 answer: what a server pays before it is ready
+        self.run(np.zeros((1, *[int(d) for d in self.feed_in.shape[1:]]), np.float32))
+        self.load_seconds = time.perf_counter() - t0 if t0 is not None else float("nan")
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.sess.run(self.fetch, {self.feed_in: x, **self.extra_feed})
+
+    def runtime_kernels(self, x: np.ndarray) -> dict[str, int]:
+        """Op types TF actually executes after its load-time Grappler pass (partition graphs)."""
+        import tensorflow as tf
+
+        v1 = tf.compat.v1
+        md = v1.RunMetadata()
+        self.sess.run(self.fetch, {self.feed_in: x, **self.extra_feed},
+                      options=v1.RunOptions(output_partition_graphs=True), run_metadata=md)
+        c: dict[str, int] = {}
+        for pg in md.partition_graphs:
+            for n in pg.node:
+                c[n.op] = c.get(n.op, 0) + 1
+        self.kernels = c
+        return c
 
 
 def checkpoint_candidate(ckpt_dir: Path) -> Candidate:
@@ -138,6 +157,7 @@ def checkpoint_candidate(ckpt_dir: Path) -> Candidate:
 
     v1 = tf.compat.v1
     g = tf.Graph()
+    t0 = time.perf_counter()
     with g.as_default():
         meta = next(ckpt_dir.glob("*.meta"))
         saver = v1.train.import_meta_graph(str(meta), clear_devices=True)
@@ -146,7 +166,7 @@ def checkpoint_candidate(ckpt_dir: Path) -> Candidate:
     return Candidate("checkpoint (seed flow)", sess, g.get_tensor_by_name("input:0"),
                      g.get_tensor_by_name("embeddings:0"),
                      {g.get_tensor_by_name("phase_train:0"): False},
-                     nodes=len(g.as_graph_def().node))
+                     nodes=len(g.as_graph_def().node), t0=t0)
 
 
 def saved_model_candidate(name: str, path: Path) -> Candidate:
@@ -154,13 +174,14 @@ def saved_model_candidate(name: str, path: Path) -> Candidate:
 
     v1 = tf.compat.v1
     g = tf.Graph()
+    t0 = time.perf_counter()
     sess = v1.Session(graph=g)
     with g.as_default():
         mg = v1.saved_model.loader.load(sess, ["serve"], str(path))
     sig = mg.signature_def["serving_default"]
     return Candidate(name, sess, g.get_tensor_by_name(sig.inputs["images"].name),
                      g.get_tensor_by_name(sig.outputs["embeddings"].name),
-                     nodes=len(mg.graph_def.node))
+                     nodes=len(mg.graph_def.node), t0=t0)
 
 
 def export_version(example: Path, repo: Path, optimize: str, size: int) -> tuple[Path, str, dict]:
@@ -185,7 +206,7 @@ def export_version(example: Path, repo: Path, optimize: str, size: int) -> tuple
 
 
 def measure(cands: list[Candidate], x1: np.ndarray, x100: np.ndarray, rounds: int, b1_runs: int,
-            b100_runs: int) -> None:
+            b100_runs: int, gemm: list[float]) -> None:
     for c in cands:  # warm-up: first runs allocate and let Grappler/oneDNN settle
         c.run(x1)
         c.run(x100)
@@ -196,6 +217,7 @@ def measure(cands: list[Candidate], x1: np.ndarray, x100: np.ndarray, rounds: in
                 c.b1.append(_timed(lambda c=c: c.run(x1)))
             for _ in range(b100_runs):
                 c.b100.append(_timed(lambda c=c: c.run(x100)))
+        gemm.append(gemm_gflops(repeats=3))
         print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
 
@@ -324,9 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     x1 = x100[:1]
     ref = cands[0].run(x100)
     diffs = [float(np.abs(c.run(x100) - ref).max()) for c in cands]
-    measure(cands, x1, x100, args.rounds, args.b1_runs, args.b100_runs)
+    for c in cands:
+        c.runtime_kernels(x1)
+    gemms = [gemm_before]
+    measure(cands, x1, x100, args.rounds, args.b1_runs, args.b100_runs, gemms)
     gemm_after = gemm_gflops()
-    gemm = max(gemm_before, gemm_after)
+    gemms.append(gemm_after)
+    gemm = max(gemms)
 
     study = None
     if args.precision_study:
@@ -351,25 +377,40 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Model: {size}x{size}x3 -> {ref.shape[1]}-d embeddings, {gflop:.2f} GFLOP per image (2 x MACs of every "
         f"Conv2D/MatMul). FP32 GEMM throughput measured in the same run: {gemm:.0f} GFLOP/s "
-        f"(2048^3 tf.matmul, best of 8; {gemm_before:.0f} before, {gemm_after:.0f} after the model runs).",
+        f"(2048^3 tf.matmul through TensorFlow, best of all measurements: "
+        f"{', '.join(f'{g:.0f}' for g in gemms)} before, between the rounds and after).",
         "",
         f"{args.rounds} interleaved rounds x ({args.b1_runs} batch-1 runs + {args.b100_runs} batch-100 "
         f"runs) per candidate. Load average {load_start:.1f} at start, {load_end:.1f} at end: other "
         "processes share these cores, so absolute numbers are noisy; the interleaving keeps the "
         "comparison fair, and 'best' shows the least-disturbed run.",
         "",
-        "| candidate | graph nodes | batch-1 p50 ms | batch-1 p90 ms | batch-100 img/s (median) | "
-        "img/s (best) | vs checkpoint | % of GEMM (median) | % of GEMM (best) | max abs diff vs checkpoint |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| candidate | graph nodes | load + 1st answer s | batch-1 p50 ms | batch-1 p90 ms | "
+        "batch-100 img/s (median) | img/s (best) | vs checkpoint (median) | % of GEMM (median) | "
+        "% of GEMM (best) | max abs diff vs checkpoint |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c, d in zip(cands, diffs):
         med = 100 / statistics.median(c.b100)
         best = 100 / min(c.b100)
         lines.append(
-            f"| {c.name} | {c.nodes} | {pct(c.b1, 50) * 1e3:.1f} | {pct(c.b1, 90) * 1e3:.1f} | "
+            f"| {c.name} | {c.nodes} | {c.load_seconds:.1f} | {pct(c.b1, 50) * 1e3:.1f} | "
+            f"{pct(c.b1, 90) * 1e3:.1f} | "
             f"{med:.1f} | {best:.1f} | {med / base:.2f}x | {100 * med * gflop / gemm:.0f}% | "
             f"{100 * best * gflop / gemm:.0f}% | {d:.2g} |"
         )
+    interesting = ("_FusedConv2D", "Conv2D", "FusedBatchNormV3", "Switch", "Merge", "Relu", "AddV2",
+                   "Mul", "BiasAdd")
+    lines += [
+        "",
+        "What TensorFlow executes after its own load-time Grappler pass (partition graphs, batch 1):",
+        "",
+        "| candidate | executed nodes | " + " | ".join(interesting) + " |",
+        "|---|---:|" + "---:|" * len(interesting),
+    ]
+    for c in cands:
+        lines.append(f"| {c.name} | {sum(c.kernels.values())} | "
+                     + " | ".join(str(c.kernels.get(k, 0)) for k in interesting) + " |")
     opt = cpu_info.get("optimization", {})
     lines += [
         "",
