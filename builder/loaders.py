@@ -555,6 +555,13 @@ def _finish(
     )
     if runner is None:
         runner = _session_runner(session, source_map, feed_values)
+    return _model(graph_def, sig_in, sig_out, feed_values, flow=flow, path=path, files=files, runner=runner,
+                  close=close or (session.close if session is not None else (lambda: None)))
+
+
+def _model(graph_def: Any, sig_in: list[TensorInfo], sig_out: list[TensorInfo], feed_values: dict, *,
+           flow: str, path: Path, files: list[Path], runner: Any, close: Any,
+           keepalive: Any = None) -> NormalizedModel:
     return NormalizedModel(
         graph_def=graph_def,
         inputs=sig_in,
@@ -564,7 +571,8 @@ def _finish(
         source_files=_file_sha_list(files),
         feeds=feed_values,
         run_source=_bind_outputs(runner, sig_out),
-        close=close or (session.close if session is not None else (lambda: None)),
+        close=close,
+        keepalive=keepalive,
     )
 
 
@@ -885,20 +893,8 @@ def _freeze_function(fn: Any, kwargs_spec: dict[str, Any], kw: dict, *, flow: st
             return {a: np.asarray(res[alias_to_out[a]]) for a in output_aliases}
 
         close = lambda: None  # noqa: E731
-    model = NormalizedModel(
-        graph_def=graph_def_n,
-        inputs=sig_in,
-        outputs=sig_out,
-        flow=flow,
-        source_path=str(path.resolve()),
-        source_files=_file_sha_list(files),
-        feeds=feed_values,
-        run_source=_bind_outputs(runner, sig_out),
-        close=close,
-    )
-    model.notes.append(f"keepalive:{id(keepalive)}")
-    model._keepalive = keepalive  # type: ignore[attr-defined]
-    return model
+    return _model(graph_def_n, sig_in, sig_out, feed_values, flow=flow, path=path, files=files,
+                  runner=runner, close=close, keepalive=keepalive)
 
 
 def _load_keras(path: Path, **kw) -> NormalizedModel:

@@ -46,6 +46,7 @@ class NormalizedModel:
     run_source: SourceRunner | None = None
     close: Callable[[], None] = lambda: None
     notes: list[str] = field(default_factory=list)
+    keepalive: Any = None  # objects the source runner needs alive (a loaded TF2 model, Keras model)
 
     def input(self, alias: str) -> TensorInfo:
         return next(t for t in self.inputs if t.alias == alias)
