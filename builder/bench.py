@@ -1194,7 +1194,7 @@ def plot_png(doc: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     labels = list(dict.fromkeys(r["candidate"] for r in doc["results"]))
@@ -1220,8 +1220,9 @@ def plot_png(doc: dict[str, Any], path: Path) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     ax1.set_yscale("log")
+    ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax1.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax1.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax1.yaxis.set_minor_locator(NullLocator())
     ax2.set_ylim(bottom=0)
     ax1.set_ylabel("latency per request, ms (p50, bar to p90)")
     ax2.set_ylabel("throughput, items/s (median, bar min-max)")

@@ -16,7 +16,7 @@ cost of the builder (wall time, peak memory of ``export``) is part of what users
 facenet_gpu.* instead. ``--tiny`` runs the same steps on the tiny example (a smoke test; its
 outputs go to the work directory, never to docs/).
 
-Usage: scripts/bench_facenet [--gpu] [--tiny] [--seconds 8] [--repeats 3] [--batch_sizes 1,8,100]
+Usage: scripts/bench_facenet [--gpu] [--tiny] [--seconds 20] [--repeats 3] [--batch_sizes 1,8,100]
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="scratch dir for the repository and logs (recreated)")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks"), help="where results go")
     ap.add_argument("--batch_sizes", default="1,8,100")
-    ap.add_argument("--seconds", type=float, default=8.0, help="time budget per repeat")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time budget per repeat")
     ap.add_argument("--runs", type=int, default=50, help="cap on timed runs per repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
