@@ -707,6 +707,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": _cpu_model(),
+        **_cpu_details(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gb": _mem_total_gb(),
@@ -742,6 +743,40 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+_SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _cpu_details() -> dict[str, Any]:
+    """Family/model and the SIMD extensions that decide TF's kernels: VMs often hide the exact
+    CPU name ("AMD EPYC"), these still tell a Zen 1 from a Zen 4."""
+    out: dict[str, Any] = {"cpu_family": None, "cpu_model_number": None, "cpu_simd": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = (x.strip() for x in line.partition(":"))
+        if key == "cpu family" and out["cpu_family"] is None:
+            out["cpu_family"] = int(value)
+        elif key == "model" and out["cpu_model_number"] is None and value.isdigit():
+            out["cpu_model_number"] = int(value)
+        elif key == "flags" and not out["cpu_simd"]:
+            flags = set(value.split())
+            out["cpu_simd"] = [f for f in _SIMD_FLAGS if f in flags]
+    return out
+
+
+def cpu_description(m: dict[str, Any]) -> str:
+    """'AMD EPYC (family 23 model 1; avx2, fma)' from a ``machine_info`` dict."""
+    extra = []
+    if m.get("cpu_family") is not None:
+        extra.append(f"family {m['cpu_family']} model {m.get('cpu_model_number')}")
+    simd = [f for f in m.get("cpu_simd") or [] if f != "avx"]
+    if simd:
+        extra.append(", ".join(simd))
+    return f"{m['cpu_model']} ({'; '.join(extra)})" if extra else m["cpu_model"]
 
 
 def _mem_total_gb() -> float | None:
@@ -1115,8 +1150,8 @@ def render_markdown(doc: dict[str, Any], png_name: str | None = None) -> str:
     m, s, load = doc["machine"], doc["settings"], doc["load"]
     gpu = ", ".join(g["name"] for g in m.get("gpus", [])) or "none"
     lines = [
-        f"Measured {doc['created']} on {m['cpu_model']} ({m['cpus_usable'] or m['cpu_count']} "
-        f"cores, {m['memory_gb']} GB RAM), GPU: {gpu}; TensorFlow {m['tensorflow']}, "
+        f"Measured {doc['created']} on {cpu_description(m)}, {m['cpus_usable'] or m['cpu_count']} "
+        f"cores, {m['memory_gb']} GB RAM, GPU: {gpu}; TensorFlow {m['tensorflow']}, "
         f"TensorRT {m.get('tensorrt_loaded') or 'not loadable'} (TF built against "
         f"{m.get('tensorrt_linked') or 'none'}).",
         "",
@@ -1228,7 +1263,7 @@ def plot_png(doc: dict[str, Any], path: Path) -> None:
     ax2.set_ylabel("throughput, items/s (median, bar min-max)")
     ax2.legend(fontsize=8)
     m = doc["machine"]
-    fig.suptitle(f"{m['cpu_model']}, {m['cpus_usable'] or m['cpu_count']} cores, "
+    fig.suptitle(f"{cpu_description(m)}, {m['cpus_usable'] or m['cpu_count']} cores, "
                  f"TF {m['tensorflow']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, format="png")
