@@ -248,11 +248,10 @@ def _is_version_dir(p: Path) -> bool:
 
 
 def _default_label(spec: CandidateSpec) -> str:
+    """``NAME-VERSION`` for exports, the kind for everything else (labels must be unique)."""
     if spec.kind == "export":
         p = Path(spec.target)
         return f"{p.parent.name}-{p.name}"
-    if spec.kind in SERVER_KINDS:
-        return spec.kind
     return spec.kind
 
 
