@@ -146,6 +146,23 @@ class Candidate:
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.sess.run(self.fetch, {self.feed_in: x, **self.extra_feed})
 
+    def op_time_shares(self, x: np.ndarray) -> dict[str, float]:
+        """Share of summed kernel time per op type in one traced run (FULL_TRACE)."""
+        import tensorflow as tf
+
+        v1 = tf.compat.v1
+        md = v1.RunMetadata()
+        self.sess.run(self.fetch, {self.feed_in: x, **self.extra_feed},
+                      options=v1.RunOptions(trace_level=v1.RunOptions.FULL_TRACE), run_metadata=md)
+        tot: dict[str, float] = {}
+        for dev in md.step_stats.dev_stats:
+            for ns in dev.node_stats:
+                label = ns.timeline_label
+                op = label.split(" = ", 1)[1].split("(", 1)[0] if " = " in label else ns.node_name
+                tot[op] = tot.get(op, 0.0) + ns.all_end_rel_micros
+        total = sum(tot.values()) or 1.0
+        return {k: v / total for k, v in sorted(tot.items(), key=lambda kv: -kv[1])}
+
     def runtime_kernels(self, x: np.ndarray) -> dict[str, int]:
         """Op types TF actually executes after its load-time Grappler pass (partition graphs)."""
         import tensorflow as tf
@@ -362,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     measure(cands, x1, x100, args.rounds, args.b1_runs, args.b100_runs, gemms)
     gemm_after = max(gemm_gflops(), numpy_gemm_gflops())
     gemms.append(gemm_after)
+    shares = cands[2].op_time_shares(x100)
     gemm = max(gemms)
 
     study = None
@@ -421,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     for c in cands:
         lines.append(f"| {c.name} | {sum(c.kernels.values())} | "
                      + " | ".join(str(c.kernels.get(k, 0)) for k in interesting) + " |")
+    top = [(k, v) for k, v in shares.items() if v >= 0.001][:8]
+    lines += [
+        "",
+        "Where the time goes in the cpu export at batch 100 (share of summed kernel time, one traced "
+        "run): " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in top) + ".",
+    ]
     opt = cpu_info.get("optimization", {})
     lines += [
         "",
