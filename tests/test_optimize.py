@@ -418,3 +418,35 @@ def test_cpu_export_of_full_facenet_keeps_fp32_parity_and_loads_like_tf_serving(
     assert np.abs(out - gold["out/embeddings"]).max() <= 1e-5
     rerun = parity.run_saved_model(r.path, {"images": gold["in/images"]})["embeddings"]
     np.testing.assert_allclose(rerun, out, atol=1e-6)
+
+
+def test_export_cli_with_optimize_cpu(facenet_tiny, tmp_path):
+    """The real CLI: exit 0, build_info records the passes, the served graph lost the
+    conditionals and batch norms, and TF Serving's loader answers like the golden outputs."""
+    import json
+
+    import tensorflow as tf
+    from conftest import run_builder
+
+    size = facenet_tiny["image_size"]
+    repo = tmp_path / "repo"
+    p = run_builder("export", "--model", str(facenet_tiny["frozen"]), "--name", "facenet",
+                    "--repo", str(repo), "--inputs", "input", "--outputs", "embeddings",
+                    "--feed", "phase_train=false", "--input_alias", "input=images",
+                    "--input_shapes", f"input=?x{size}x{size}x3", "--optimize", "cpu",
+                    "--batch_sizes", "1,4")
+    assert p.returncode == 0, p.stderr
+    vdir = repo / "facenet" / "1"
+    info = json.loads((vdir / "assets.extra" / "build_info.json").read_text())
+    assert info["optimizer"] == "cpu" and info["precision"] == "fp32"
+    assert info["parity"]["passed"] and info["parity"]["max_abs_diff"] <= 1e-5
+    names = [p["name"] for p in info["optimization"]["passes"]]
+    assert names == ["fold_feeds", "grappler", "fold_batch_norm", "grappler", "check_standard_ops"]
+    assert "--optimize cpu" in info["reproduce"]
+    gold = np.load(vdir / "assets.extra" / "golden.npz")
+    with tf.Graph().as_default() as g, tf.compat.v1.Session(graph=g) as s:
+        mg = tf.compat.v1.saved_model.loader.load(s, ["serve"], str(vdir))
+        assert not {n.op for n in mg.graph_def.node} & {"Switch", "Merge", "FusedBatchNormV3"}
+        sig = mg.signature_def["serving_default"]
+        out = s.run(sig.outputs["embeddings"].name, {sig.inputs["images"].name: gold["in/images"]})
+    assert np.abs(out - gold["out/embeddings"]).max() <= 1e-5
