@@ -132,6 +132,16 @@ def test_export_with_tftrt_fails_before_any_work_here(probe, tiny_frozen, tmp_pa
     assert not repo.exists() or not any(repo.rglob("*"))
 
 
+def test_convert_saved_model_refuses_before_writing_anything(probe, tmp_path):
+    if probe["available"]:
+        pytest.skip("TensorRT is available here")
+    _tf2_saved_model(tmp_path / "plain", in_name="images")
+    with pytest.raises(UnavailableError):
+        tftrt.convert_saved_model(tmp_path / "plain", tmp_path / "out", [IMAGES],
+                                  tftrt.TrtOptions(precision="fp16"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
 # --------------------------------------------------------------------------- options
 
 
