@@ -431,6 +431,14 @@ def _preprocess(img: np.ndarray, mode: str) -> np.ndarray:
     return (img - img.mean()) / std
 
 
+def calibration_batch(opts: TrtOptions) -> int:
+    """The calibration batch: the largest planned batch size <= ``calibration_batch_size`` (the
+    smallest planned one if none is), so calibration runs on a shape some profile was built for
+    whatever the profile strategy."""
+    fitting = [b for b in opts.batch_sizes if b <= opts.calibration_batch_size]
+    return max(fitting) if fitting else min(opts.batch_sizes)
+
+
 # --------------------------------------------------------------------------- graph facts
 
 
@@ -497,7 +505,7 @@ def convert_saved_model(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
     if opts.precision == "int8":
         calibration = load_calibration_data(opts.calibration_data, model_inputs,
                                             limit=opts.calibration_limit,
-                                            batch_size=opts.calibration_batch_size,
+                                            batch_size=calibration_batch(opts),
                                             preprocessing=opts.calibration_preprocessing)
     dst = Path(dst_dir)
     if dst.exists():

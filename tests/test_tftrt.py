@@ -597,3 +597,10 @@ def test_gpu_builder_image_builds_and_sees_tensorrt():
     probe = json.loads(out.decode().strip().splitlines()[-1])
     assert probe["available"], probe["reason"]
     assert probe["loaded_version"][:2] == [8, 6]
+
+
+@pytest.mark.parametrize("sizes,wanted,expected", [((1, 8, 100), 8, 8), ((1, 4, 100), 8, 4),
+                                                   ((16, 32), 8, 16), ((1, 8, 100), 64, 8)])
+def test_calibration_batch_is_a_planned_batch_size(sizes, wanted, expected):
+    opts = tftrt.TrtOptions(batch_sizes=sizes, calibration_batch_size=wanted)
+    assert tftrt.calibration_batch(opts) == expected
