@@ -209,7 +209,7 @@ def validate_options(o: ExportOptions) -> None:
             raise InputError(f"{flag} {v!r}: must be a non-negative number")
     from builder import optimize as _opt
 
-    _opt.check_request(o.optimize, o.precision)
+    _opt.check_request(o.optimize, o.precision, trt=o.trt or None)
     if o.version is not None and not o.overwrite:
         existing = paths.version_dir(o.repo, o.name, o.version)
         if existing.exists():
@@ -337,7 +337,12 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
             write_golden(extra / "golden.npz", samples, expected)
             _test_pause("before_parity")
             with progress.step("parity check: exported SavedModel vs source model"):
-                atol, rtol, min_cos = parity.tolerances(o.precision, o.atol, o.rtol)
+                table = None
+                if tftrt:
+                    from builder import tftrt as _trt
+
+                    table = _trt.PARITY_TOLERANCES
+                atol, rtol, min_cos = parity.tolerances(o.precision, o.atol, o.rtol, table)
                 actual = parity.run_saved_model(out, samples)
                 report = parity.compare(expected, actual, atol=atol, rtol=rtol,
                                         min_cosine=min_cos, samples=len(next(iter(samples.values()))))
@@ -472,6 +477,9 @@ def export_command(
     max_workspace_size_bytes: int = 1 << 30,
     minimum_segment_size: int = 3,
     calibration_data: str | None = None,
+    calibration_preprocessing: str = "unit",
+    calibration_batch_size: int = 8,
+    dynamic_shape_profile_strategy: str = "Range+Optimal",
     build_engines: bool = True,
 ) -> None:
     """Export a TensorFlow model as a validated TF Serving version REPO/NAME/VERSION.
@@ -515,7 +523,13 @@ def export_command(
       allow_unsafe_ops: Export even if the graph still reads/writes files or runs Python.
       max_workspace_size_bytes: TF-TRT workspace (default 1 GiB).
       minimum_segment_size: TF-TRT minimum nodes per TensorRT segment (default 3).
-      calibration_data: TF-TRT INT8 calibration inputs: an .npz or a folder of images.
+      calibration_data: TF-TRT INT8 calibration inputs: an .npz (arrays keyed by input alias) or
+        a folder of images (resized to the input's HxW).
+      calibration_preprocessing: How a folder of images is scaled for INT8 calibration (see
+        docs/optimizers.md), default unit ([0, 1] floats).
+      calibration_batch_size: Batch size fed to the INT8 calibrator (default 8).
+      dynamic_shape_profile_strategy: TF-TRT dynamic-shape profile strategy: Range, Optimal,
+        Range+Optimal (default) or ImplicitBatchModeCompatible.
       build_engines: Build TF-TRT engines at export for every batch size (default on).
     """
     o = ExportOptions(
@@ -553,6 +567,9 @@ def export_command(
             "max_workspace_size_bytes": _int(max_workspace_size_bytes, "--max_workspace_size_bytes"),
             "minimum_segment_size": _int(minimum_segment_size, "--minimum_segment_size"),
             "calibration_data": str(calibration_data) if calibration_data else None,
+            "calibration_preprocessing": str(calibration_preprocessing),
+            "calibration_batch_size": _int(calibration_batch_size, "--calibration_batch_size"),
+            "dynamic_shape_profile_strategy": str(dynamic_shape_profile_strategy),
             "build_engines": bool(build_engines),
         }
     result = export(o)

@@ -67,7 +67,11 @@ def inspect_saved_model(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     sm = _read_saved_model(path)
     out: dict[str, Any] = {"path": str(path), "meta_graphs": []}
+    info_path = path / paths.BUILD_INFO_FILE
+    info = _json.loads(info_path.read_text()) if info_path.exists() else None
+    trt_version = ((info or {}).get("tensorrt") or {}).get("loaded_version")
     has_trt = False
+    images: list[str] = []
     for mg in sm.meta_graphs:
         saver_scope = []
         if mg.saver_def.filename_tensor_name:
@@ -75,6 +79,8 @@ def inspect_saved_model(path: str | Path) -> dict[str, Any]:
         hist = compat.op_histogram(mg.graph_def)
         trt = sorted(compat.trt_ops(mg.graph_def))
         has_trt = has_trt or bool(trt)
+        report = compat.serving_report(mg.graph_def, trt_version)
+        images.append(report["serving_images"])
         out["meta_graphs"].append({
             "tags": list(mg.meta_info_def.tags),
             "tensorflow_version": mg.meta_info_def.tensorflow_version,
@@ -92,6 +98,7 @@ def inspect_saved_model(path: str | Path) -> dict[str, Any]:
             "functions": len(mg.graph_def.library.function),
             "op_histogram": dict(hist.most_common()),
             "trt_ops": trt,
+            "missing_ops": report["missing_ops"],
             "unsafe_ops": [{"node": n, "op": op}
                            for n, op in compat.unsafe_nodes(mg.graph_def, saver_scope)],
         })
@@ -101,9 +108,8 @@ def inspect_saved_model(path: str | Path) -> dict[str, Any]:
     out["saved_model_bytes"] = (path / "saved_model.pb").stat().st_size
     warm = path / paths.WARMUP_FILE
     out["warmup_records"] = count_tfrecords(warm) if warm.exists() else 0
-    info = path / paths.BUILD_INFO_FILE
-    out["build_info"] = _json.loads(info.read_text()) if info.exists() else None
-    out["serving_images"] = compat.serving_images_summary(has_trt)
+    out["build_info"] = info
+    out["serving_images"] = "; ".join(dict.fromkeys(images)) or compat.serving_images_summary(has_trt)
     out["has_trt_ops"] = has_trt
     return out
 
@@ -148,6 +154,8 @@ def _print_version(v: dict[str, Any], indent: str = "") -> None:
         print(f"{indent}    ops: {top}{' ...' if len(mg['op_histogram']) > 12 else ''}")
         if mg["trt_ops"]:
             print(f"{indent}    TensorRT ops: {', '.join(mg['trt_ops'])}")
+        if mg["missing_ops"]:
+            print(f"{indent}    ops stock TF Serving cannot run: {', '.join(mg['missing_ops'])}")
         if mg["unsafe_ops"]:
             listed = ", ".join(f"{u['node']} ({u['op']})" for u in mg["unsafe_ops"][:6])
             print(f"{indent}    WARNING file/Python ops: {listed}")

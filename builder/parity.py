@@ -91,8 +91,13 @@ class ParityReport:
         )
 
 
-def tolerances(precision: str, atol: float | None, rtol: float | None) -> tuple[float, float, float | None]:
-    base = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+def tolerances(precision: str, atol: float | None, rtol: float | None,
+               table: dict[str, tuple[float, float, float | None]] | None = None
+               ) -> tuple[float, float, float | None]:
+    """(atol, rtol, min_cosine) for a precision; explicit --atol/--rtol win. ``table`` lets an
+    optimiser supply its own defaults (TF-TRT FP32 runs TF32 on Ampere+, so 1e-5 is too tight)."""
+    table = table or DEFAULT_TOLERANCES
+    base = table.get(precision, table.get("fp32", DEFAULT_TOLERANCES["fp32"]))
     return (base[0] if atol is None else float(atol), base[1] if rtol is None else float(rtol),
             base[2])
 

@@ -226,10 +226,11 @@ def check_image(repo: Path, cfg: Any, image: str) -> None:
 
     for name, v, info in repo_artifacts(repo, cfg):
         vdir = repo / name / str(v)
-        has_trt = info.get("optimizer") == "tftrt" or any(
-            compat.trt_ops(gd) for gd in saved_model_graph_defs(vdir)
-        )
-        problem = compat.image_problem(has_trt, image)
+        graphs = saved_model_graph_defs(vdir)
+        has_trt = info.get("optimizer") == "tftrt" or any(compat.trt_ops(gd) for gd in graphs)
+        missing = set().union(*(compat.serving_missing_ops(gd) for gd in graphs)) if graphs else set()
+        trt_version = (info.get("tensorrt") or {}).get("loaded_version")
+        problem = compat.image_problem(has_trt, image, missing_ops=sorted(missing), tensorrt_version=trt_version)
         if problem:
             raise CompatibilityError(f"--image: {name} version {v}: {problem}")
 
