@@ -172,6 +172,8 @@ def normalize_graph(
 
     graph_def = _copy_graph_def(graph_def)
     fix_ref_ops(graph_def)
+    for n in graph_def.node:  # the artefact must run wherever the server puts it
+        n.device = ""
     nodes = {n.name: n for n in graph_def.node}
     all_names = list(nodes)
 
@@ -471,6 +473,14 @@ def _session_runner(sess: Any, source_map: dict[str, str], feed_values: dict[str
     return run
 
 
+def source_session(graph: Any) -> Any:
+    """A session for the source model. Soft placement, because graphs from training machines
+    carry device pins (``/device:GPU:0``) that a CPU-only machine cannot honour."""
+    import tensorflow as tf
+
+    return tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
+
+
 def _bind_outputs(run: Any, outputs: list[TensorInfo]):
     aliases = [o.alias for o in outputs]
     return lambda inputs: run(inputs, aliases)
@@ -638,7 +648,7 @@ def _load_checkpoint(path: Path, checkpoint: str | None, clear_devices: bool, **
     meta, prefix = find_checkpoint(path, checkpoint)
     label = meta.name
     graph = tf.Graph()
-    sess = tf.compat.v1.Session(graph=graph)
+    sess = source_session(graph)
     ok = False
     try:
         with graph.as_default():
@@ -723,7 +733,7 @@ def _load_frozen(path: Path, **kw) -> NormalizedModel:
             tf.compat.v1.import_graph_def(original, name="")
         except (ValueError, tf.errors.OpError) as e:
             raise GraphError(f"{path.name}: the graph does not import: {_first_line(e)}") from None
-    sess = tf.compat.v1.Session(graph=graph)
+    sess = source_session(graph)
     try:
         return _finish(original, kw, flow="frozen", path=path, files=[path],
                        source_label=path.name, session=sess)
@@ -780,7 +790,7 @@ def _load_savedmodel_tf1(path: Path, tags: list[str], signature: str, files: lis
     import tensorflow as tf
 
     graph = tf.Graph()
-    sess = tf.compat.v1.Session(graph=graph)
+    sess = source_session(graph)
     label = f"{path.name} (SavedModel)"
     try:
         with graph.as_default():
@@ -878,7 +888,7 @@ def _freeze_function(fn: Any, kwargs_spec: dict[str, Any], kw: dict, *, flow: st
         graph = tf.Graph()
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
-        sess = tf.compat.v1.Session(graph=graph)
+        sess = source_session(graph)
         runner = _session_runner(sess, source_map, feed_values)
         close = sess.close
     else:

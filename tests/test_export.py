@@ -311,3 +311,23 @@ def test_interrupt_mid_export_cleans_up(tiny_ckpt, tmp_path, sig):
             proc.kill()
     assert rc == 130
     assert _numeric_and_staging(repo / "tiny") == ([], [])
+
+
+def test_frozen_graph_pinned_to_a_gpu_exports_on_cpu(tmp_path):
+    """Graphs from training machines carry device pins; the export must not."""
+    import tensorflow as tf
+
+    with tf.Graph().as_default() as g:
+        with tf.device("/device:GPU:0"):
+            x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+            tf.identity(tf.nn.relu(x) * 3.0, name="y")
+    gd = g.as_graph_def()
+    assert any(n.device for n in gd.node)
+    model = tmp_path / "pinned.pb"
+    model.write_bytes(gd.SerializeToString())
+    r = export.export(export.ExportOptions(model=str(model), name="p", repo=str(tmp_path / "repo"), outputs=["y"],
+                                           batch_sizes=[1]), quiet=True)
+    assert r.build_info["parity"]["passed"]
+    from builder.inspection import saved_model_graph_defs
+
+    assert not any(n.device for n in saved_model_graph_defs(r.path)[0].node)
