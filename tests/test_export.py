@@ -331,3 +331,25 @@ def test_frozen_graph_pinned_to_a_gpu_exports_on_cpu(tmp_path):
     from builder.inspection import saved_model_graph_defs
 
     assert not any(n.device for n in saved_model_graph_defs(r.path)[0].node)
+
+
+def test_checkpoint_with_resource_variables(tmp_path):
+    """TF1 graphs built with use_resource=True (ReadVariableOp instead of ref variables)."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    ckpt = tmp_path / "ckpt"
+    with tf.Graph().as_default() as g, v1.Session(graph=g) as sess:
+        x = v1.placeholder(tf.float32, [None, 4], name="features")
+        w = v1.get_variable("w", [4, 2], use_resource=True, initializer=v1.random_normal_initializer(seed=1))
+        tf.nn.softmax(tf.matmul(x, w), name="probs")
+        sess.run(v1.global_variables_initializer())
+        v1.train.Saver().save(sess, str(ckpt / "model.ckpt"), global_step=3)
+    r = export.export(export.ExportOptions(model=str(ckpt), name="res", repo=str(tmp_path / "repo"),
+                                           outputs=["probs"], batch_sizes=[1]), quiet=True)
+    assert r.build_info["flow"] == "checkpoint" and r.build_info["parity"]["passed"]
+    assert r.build_info["signature"]["inputs"]["features"]["shape"] == [-1, 4]
+    from builder.inspection import saved_model_graph_defs
+
+    ops = {n.op for n in saved_model_graph_defs(r.path)[0].node}
+    assert not ops & {"VarHandleOp", "ReadVariableOp", "VariableV2"}
