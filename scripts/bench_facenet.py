@@ -229,7 +229,7 @@ def _write_export_cost(docs: Path, cost: list[dict], bench_cost: dict, example: 
     lines = [
         "# What the builder costs: `export` of the FaceNet example",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {bench.cpu_description(machine)} "
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {bench.cpu_description(machine)}"
         f", {machine['cpus_usable']} cores, {machine['memory_gb']} GB RAM, {platform.system()}, "
         f"TensorFlow {machine['tensorflow']}, by `scripts/bench_facenet`. Each export runs in its "
         "own process and includes loading, writing the SavedModel, warmup records, golden outputs "
