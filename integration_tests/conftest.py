@@ -167,3 +167,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                     f"server log ({value.kind})",
                     f"{LOG_BEGIN.format(value.kind)}\n{text}\n{LOG_END.format(value.kind)}",
                 ))
+
+
+@pytest.fixture(scope="module")
+def rest(server):
+    """A keep-alive REST client on the backend under test."""
+    from integration_tests.clients import Rest
+
+    c = Rest(server)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+    """A gRPC client (official tensorflow_serving.apis stubs) on the backend under test."""
+    from integration_tests.clients import Grpc
+
+    c = Grpc(server)
+    yield c
+    c.close()

@@ -20,20 +20,6 @@ from integration_tests.conftest import LIMIT
 from integration_tests.fixture_models import sample_inputs
 
 
-@pytest.fixture(scope="module")
-def rest(server):
-    c = Rest(server)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    c = Grpc(server)
-    yield c
-    c.close()
-
-
 def assert_still_serving(rest: Rest, grpc_client: Grpc, toy_repo) -> None:
     x = toy_repo.golden[("toy", 1)]["in/x"]
     want = toy_repo.golden[("toy", 1)]["out/y"]

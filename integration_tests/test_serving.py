@@ -14,23 +14,9 @@ import pytest
 
 from builder.batching import load_latency_budget
 from builder.server import trt_engine_builds
-from integration_tests.clients import Grpc, Rest, outputs, rows_to_arrays
+from integration_tests.clients import outputs, rows_to_arrays
 from integration_tests.conftest import BATCH_SIZES, SERVING_CONFIGS, Repo
 from integration_tests.fixture_models import sample_inputs, toy_reference
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    c = Rest(server)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    c = Grpc(server)
-    yield c
-    c.close()
 
 
 def assert_golden(got: dict[str, np.ndarray], repo: Repo, model: str, version: int) -> None:

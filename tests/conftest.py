@@ -73,3 +73,21 @@ def facenet_tiny(tmp_path_factory) -> dict:
     from builder.example import write_example
 
     return write_example(tmp_path_factory.mktemp("facenet") / "example", tiny=True, log=None)
+
+
+@pytest.fixture(scope="session")
+def s3_server(pytestconfig):
+    """One real S3 server (SeaweedFS on 127.0.0.1) for the whole session."""
+    import registry_servers
+
+    return registry_servers.seaweedfs(pytestconfig)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> str:
+    """A fresh prefix in the bucket, with the standard AWS variables set as a CI would."""
+    import uuid
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:10]}"

@@ -151,3 +151,30 @@ def write_tiny_keras(out: Path) -> Path:
     bn.moving_variance.assign(np.linspace(0.5, 2, 5).astype(np.float32))
     model.save(str(out))
     return out
+
+
+def write_tiny_servable(path: Path, optimizer: str = "none", trt: bool = False) -> None:
+    """A real TF2 SavedModel (y = 2x) as REPO/NAME/VERSION with build_info.json; ``trt`` adds a
+    TRTEngineOp node inside a library function, as TF-TRT conversions leave them."""
+    import json
+
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": x * 2.0}
+
+    m = Tiny()
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+    if trt:
+        sm = saved_model_pb2.SavedModel()
+        sm.ParseFromString((path / "saved_model.pb").read_bytes())
+        node = sm.meta_graphs[0].graph_def.library.function[0].node_def.add()
+        node.name, node.op = "TRTEngineOp_000_000", "TRTEngineOp"
+        (path / "saved_model.pb").write_bytes(sm.SerializeToString())
+    extra = path / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    (extra / "build_info.json").write_text(json.dumps({
+        "name": path.parent.name, "version": int(path.name), "optimizer": optimizer, "batch_sizes": [1, 4]}))

@@ -14,6 +14,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import models
 import pytest
 import yaml
 from kubernetes_validate import utils as kv
@@ -25,27 +26,8 @@ from builder.errors import ConfigError
 K8S = "1.30"
 
 
-def _save_tiny(path: Path, optimizer: str = "none", trt: bool = False) -> None:
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
+_save_tiny = models.write_tiny_servable
 
-    class Tiny(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": x * 2.0}
-
-    m = Tiny()
-    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
-    if trt:
-        sm = saved_model_pb2.SavedModel()
-        sm.ParseFromString((path / "saved_model.pb").read_bytes())
-        node = sm.meta_graphs[0].graph_def.library.function[0].node_def.add()
-        node.name, node.op = "TRTEngineOp_000_000", "TRTEngineOp"
-        (path / "saved_model.pb").write_bytes(sm.SerializeToString())
-    (path / "assets.extra").mkdir(exist_ok=True)
-    (path / "assets.extra" / "build_info.json").write_text(json.dumps(
-        {"name": path.parent.name, "version": int(path.name), "optimizer": optimizer,
-         "batch_sizes": [1, 4]}))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import dockerfile
+import models
 import pytest
 
 from builder import image
@@ -51,32 +52,8 @@ MONITORING = """prometheus_config {
 """
 
 
-def _save_tiny(path: Path, optimizer: str = "none", trt: bool = False) -> None:
-    """A real SavedModel (y = 2x) with build_info.json; optionally with a TRTEngineOp node."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
+_save_tiny = models.write_tiny_servable
 
-    class Tiny(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": x * 2.0}
-
-    m = Tiny()
-    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
-    if trt:
-        sm = saved_model_pb2.SavedModel()
-        sm.ParseFromString((path / "saved_model.pb").read_bytes())
-        fn = sm.meta_graphs[0].graph_def.library.function[0]
-        node = fn.node_def.add()
-        node.name = "TRTEngineOp_000_000"
-        node.op = "TRTEngineOp"
-        (path / "saved_model.pb").write_bytes(sm.SerializeToString())
-    extra = path / "assets.extra"
-    extra.mkdir(exist_ok=True)
-    (extra / "build_info.json").write_text(json.dumps({
-        "name": path.parent.name, "version": int(path.name), "optimizer": optimizer,
-        "batch_sizes": [1, 4],
-    }))
 
 
 @pytest.fixture(scope="module")

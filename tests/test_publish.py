@@ -10,7 +10,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -28,19 +27,6 @@ def repo(tmp_path) -> Path:
     rs.make_version(r, "tiny", 1, seed=0)
     rs.make_version(r, "tiny", 2, seed=1)
     return r
-
-
-@pytest.fixture(scope="session")
-def s3_server(pytestconfig) -> rs.SeaweedS3:
-    return rs.seaweedfs(pytestconfig)
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch) -> str:
-    """A fresh prefix in the bucket, with the standard AWS variables set as a CI would."""
-    for k, v in s3_server.env().items():
-        monkeypatch.setenv(k, v)
-    return f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:10]}"
 
 
 _tree = rs.tree

@@ -36,11 +36,6 @@ def template_repo(tmp_path_factory) -> Path:
     return r
 
 
-@pytest.fixture(scope="session")
-def s3_server(pytestconfig) -> rs.SeaweedS3:
-    return rs.seaweedfs(pytestconfig)
-
-
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "builder", *args], cwd=ROOT, text=True,
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
