@@ -206,14 +206,7 @@ def normalize_graph(
     # dtype/shape of every tensor we cut at or feed, from the original graph (the source
     # session's graph when there is one: importing a 100 MB frozen graph costs seconds)
     meta: dict[str, tuple[Any, list[int | None]]] = {}
-    g = source_graph
-    if g is None:
-        g = tf.Graph()
-        with g.as_default():
-            try:
-                tf.compat.v1.import_graph_def(graph_def, name="")
-            except (ValueError, tf.errors.OpError) as e:
-                raise GraphError(f"{source_label}: the graph does not import: {_first_line(e)}") from None
+    g = source_graph if source_graph is not None else imported_graph(graph_def, source_label)
     for t in [*inputs, *outputs, *feeds]:
         try:
             ten = g.get_tensor_by_name(tensor_name(t))
@@ -309,24 +302,20 @@ def normalize_graph(
     in_alias = _resolve_aliases(input_alias, [tensor_name(t) for t in inputs], "--input_alias")
     out_alias = _resolve_aliases(output_alias, [tensor_name(t) for t in outputs], "--output_alias")
     sig_in, sig_out, source_map = [], [], {}
-    with tf.Graph().as_default() as g:
-        try:
-            tf.compat.v1.import_graph_def(graph_def, name="")
-        except (ValueError, tf.errors.OpError) as e:
-            raise GraphError(f"{source_label}: the cut graph does not import: {_first_line(e)}") from None
-        for t in inputs:
-            tn = tensor_name(t)
-            ten = g.get_tensor_by_name(cut_names[tn])
-            alias = in_alias[tn]
-            sig_in.append(TensorInfo(alias, ten.name, _dtype_name(ten.dtype), _shape_list(ten.shape)))
-            source_map[alias] = tn
-        for t in outputs:
-            tn = tensor_name(t)
-            ten = g.get_tensor_by_name(tn)
-            alias = out_alias[tn]
-            shape = _dynamic_batch(_shape_list(ten.shape))
-            sig_out.append(TensorInfo(alias, ten.name, _dtype_name(ten.dtype), shape))
-            source_map[alias] = tn
+    g = imported_graph(graph_def, f"{source_label} (cut at --inputs)")
+    for t in inputs:
+        tn = tensor_name(t)
+        ten = g.get_tensor_by_name(cut_names[tn])
+        alias = in_alias[tn]
+        sig_in.append(TensorInfo(alias, ten.name, _dtype_name(ten.dtype), _shape_list(ten.shape)))
+        source_map[alias] = tn
+    for t in outputs:
+        tn = tensor_name(t)
+        ten = g.get_tensor_by_name(tn)
+        alias = out_alias[tn]
+        shape = _dynamic_batch(_shape_list(ten.shape))
+        sig_out.append(TensorInfo(alias, ten.name, _dtype_name(ten.dtype), shape))
+        source_map[alias] = tn
     return graph_def, sig_in, sig_out, feed_values, source_map
 
 
@@ -471,6 +460,19 @@ def _session_runner(sess: Any, source_map: dict[str, str], feed_values: dict[str
         return sess.run(fetches, feed_dict=feed)
 
     return run
+
+
+def imported_graph(graph_def: Any, label: str) -> Any:
+    """A new tf.Graph holding ``graph_def``; a graph that does not import is a user's GraphError."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        try:
+            tf.compat.v1.import_graph_def(graph_def, name="")
+        except (ValueError, tf.errors.OpError) as e:
+            raise GraphError(f"{label}: the graph does not import: {_first_line(e)}") from None
+    return graph
 
 
 def source_session(graph: Any) -> Any:
@@ -715,7 +717,6 @@ def read_graph_def(path: Path) -> Any:
 
 
 def _load_frozen(path: Path, **kw) -> NormalizedModel:
-    import tensorflow as tf
 
     if path.is_dir():
         raise InputError(f"--model {path}: --flow frozen needs a .pb/.pbtxt file, not a directory")
@@ -727,13 +728,7 @@ def _load_frozen(path: Path, **kw) -> NormalizedModel:
             f"--model {path}: not frozen, it has variables (e.g. {variables[0]}): use the "
             "checkpoint flow with its .meta/checkpoint, or freeze it first"
         )
-    graph = tf.Graph()
-    with graph.as_default():
-        try:
-            tf.compat.v1.import_graph_def(original, name="")
-        except (ValueError, tf.errors.OpError) as e:
-            raise GraphError(f"{path.name}: the graph does not import: {_first_line(e)}") from None
-    sess = source_session(graph)
+    sess = source_session(imported_graph(original, path.name))
     try:
         return _finish(original, kw, flow="frozen", path=path, files=[path],
                        source_label=path.name, session=sess)
@@ -885,10 +880,7 @@ def _freeze_function(fn: Any, kwargs_spec: dict[str, Any], kw: dict, *, flow: st
     )
     if feed_values or any(source_map[i.alias] not in key_by_tensor for i in sig_in):
         # the original function cannot take the cut/fed form: run the frozen original graph
-        graph = tf.Graph()
-        with graph.as_default():
-            tf.compat.v1.import_graph_def(graph_def, name="")
-        sess = source_session(graph)
+        sess = source_session(imported_graph(graph_def, label))
         runner = _session_runner(sess, source_map, feed_values)
         close = sess.close
     else:
