@@ -343,7 +343,15 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
 
                     table = _trt.PARITY_TOLERANCES
                 atol, rtol, min_cos = parity.tolerances(o.precision, o.atol, o.rtol, table)
-                actual = parity.run_saved_model(out, samples)
+                try:
+                    actual = parity.run_saved_model(out, samples)
+                except Exception as e:  # noqa: BLE001 - TF raises many kinds at load/run
+                    raise GraphError(
+                        f"the exported SavedModel does not run on the parity samples "
+                        f"({loaders._first_line(e)}); the source model needs something the frozen "
+                        "graph lost (e.g. lookup tables initialised by a main_op are not supported "
+                        "yet); nothing was promoted"
+                    ) from None
                 report = parity.compare(expected, actual, atol=atol, rtol=rtol,
                                         min_cosine=min_cos, samples=len(next(iter(samples.values()))))
                 report.raise_if_failed(f"{o.name} ({flow} -> {o.optimize}/{o.precision})")

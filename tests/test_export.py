@@ -353,3 +353,30 @@ def test_checkpoint_with_resource_variables(tmp_path):
 
     ops = {n.op for n in saved_model_graph_defs(r.path)[0].node}
     assert not ops & {"VarHandleOp", "ReadVariableOp", "VariableV2"}
+
+
+def test_savedmodel_needing_its_init_op_fails_clearly(tmp_path):
+    """A TF1 SavedModel whose lookup table is filled by its main_op: freezing cannot keep that,
+    so the export must stop with a user-facing error (exit 2), not a traceback, and promote nothing."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    sm = tmp_path / "table_sm"
+    with tf.Graph().as_default() as g, v1.Session(graph=g) as sess:
+        words = v1.placeholder(tf.string, [None], name="words")
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(["a", "b"]), tf.constant([1, 2], tf.int64)), -1)
+        ids = tf.identity(table.lookup(words), name="ids")
+        sess.run(v1.tables_initializer())
+        b = v1.saved_model.Builder(str(sm))
+        b.add_meta_graph_and_variables(
+            sess, ["serve"], main_op=v1.tables_initializer(),
+            signature_def_map={"serving_default": v1.saved_model.predict_signature_def({"words": words},
+                                                                                      {"ids": ids})})
+        b.save()
+    np.savez(tmp_path / "s.npz", words=np.array([b"a", b"b", b"z"]))
+    o = export.ExportOptions(model=str(sm), name="t", repo=str(tmp_path / "repo"), batch_sizes=[1],
+                             samples=str(tmp_path / "s.npz"))
+    with pytest.raises(GraphError, match="exported SavedModel does not run.*nothing was promoted"):
+        export.export(o, quiet=True)
+    assert _numeric_and_staging(tmp_path / "repo" / "t") == ([], [])
