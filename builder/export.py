@@ -397,6 +397,9 @@ def _promote(out: Path, model_dir: Path, o: ExportOptions, version: int) -> Path
             if not o.overwrite:
                 raise VersionError(f"version {version} of {o.name} appeared during the export "
                                    f"({target}): pass --overwrite or --version auto")
+            if paths.exchange_dirs(out, target):  # one atomic swap: never a missing version
+                shutil.rmtree(out, ignore_errors=True)
+                return target
             old = model_dir / f"{paths.STAGING_PREFIX}old-{version}-{os.getpid()}-{os.urandom(4).hex()}"
             os.rename(target, old)
             try:

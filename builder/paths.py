@@ -7,6 +7,7 @@ renamed into place; every reader here ignores non-numeric names exactly as the s
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import secrets
@@ -121,3 +122,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def exchange_dirs(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``, so replacing a
+    version (``--overwrite``) never leaves a moment where a polling server sees it missing.
+    Returns False where the call is unavailable (other OS, old libc, filesystem without it);
+    callers then fall back to two renames."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(os.fspath(a)), at_fdcwd, os.fsencode(os.fspath(b)), rename_exchange) == 0

@@ -380,3 +380,14 @@ def test_savedmodel_needing_its_init_op_fails_clearly(tmp_path):
     with pytest.raises(GraphError, match="exported SavedModel does not run.*nothing was promoted"):
         export.export(o, quiet=True)
     assert _numeric_and_staging(tmp_path / "repo" / "t") == ([], [])
+
+
+def test_exchange_dirs_swaps_atomically(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "f").write_text("new")
+    (b / "f").write_text("old")
+    assert paths.exchange_dirs(a, b)  # Linux with glibc >= 2.28, as everywhere this runs
+    assert (b / "f").read_text() == "new" and (a / "f").read_text() == "old"
+    assert not paths.exchange_dirs(tmp_path / "missing", b)
