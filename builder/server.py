@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -987,9 +988,7 @@ class ServingCore:
         from tensorflow_serving.apis import predict_pb2
 
         spec = request.model_spec
-        t0 = time.perf_counter()
-        code = "OK"
-        try:
+        with self._recorded(spec.name):
             version = spec.version.value if spec.HasField("version") else None
             s = self.manager.acquire(spec.name, version, spec.version_label or None)
             try:
@@ -1004,16 +1003,9 @@ class ServingCore:
                 return resp
             finally:
                 s.release()
-        except RpcStatus as e:
-            code = e.code
-            raise
-        finally:
-            self.metrics.record(spec.name, "predict", code, time.perf_counter() - t0)
 
     def predict_rest(self, name: str, version: int | None, label: str | None, body: bytes) -> dict:
-        t0 = time.perf_counter()
-        code = "OK"
-        try:
+        with self._recorded(name):
             doc = parse_json_object(body)  # TF Serving parses before resolving the servable
             sig_name = doc.get("signature_name", "") or ""
             s = self.manager.acquire(name, version, label)
@@ -1024,11 +1016,19 @@ class ServingCore:
                 return predict_response_json(outputs, fmt)
             finally:
                 s.release()
+
+    @contextlib.contextmanager
+    def _recorded(self, model: str) -> Iterator[None]:
+        """Count and time one predict for the Prometheus metrics, with its status code."""
+        t0 = time.perf_counter()
+        code = "OK"
+        try:
+            yield
         except RpcStatus as e:
             code = e.code
             raise
         finally:
-            self.metrics.record(name, "predict", code, time.perf_counter() - t0)
+            self.metrics.record(model, "predict", code, time.perf_counter() - t0)
 
     def status_proto(self, name: str, version: int | None, label: str | None) -> Any:
         from tensorflow_serving.apis import get_model_status_pb2
