@@ -113,16 +113,7 @@ def monitoring_config_class() -> type:
 def parse_batching_parameters(text: str, source: str = BATCHING_FILE) -> Any:
     """Parse a ``--batching_parameters_file`` and apply the checks TF Serving makes at load time
     (allowed sizes increasing, last one == max_batch_size), naming ``source`` on failure."""
-    from google.protobuf import text_format
-
-    msg = batching_parameters_class()()
-    try:
-        text_format.Parse(text, msg)
-    except text_format.ParseError as e:
-        raise ConfigError(
-            f"{source}: not a tensorflow.serving.BatchingParameters text proto ({e}): "
-            "fix the file or regenerate it with `python -m builder config`"
-        ) from None
+    msg = _parse_text_proto(text, batching_parameters_class()(), source, "BatchingParameters")
     sizes = list(msg.allowed_batch_sizes)
     if sizes:
         if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)) or sizes[0] <= 0:
@@ -142,18 +133,23 @@ def parse_batching_parameters(text: str, source: str = BATCHING_FILE) -> Any:
     return msg
 
 
-def parse_monitoring_config(text: str, source: str = MONITORING_FILE) -> Any:
-    """Parse a ``--monitoring_config_file``; the Prometheus path must be an absolute URL path."""
+def _parse_text_proto(text: str, msg: Any, source: str, kind: str) -> Any:
+    """Parse into ``msg``; a ConfigError names the file and how to fix it."""
     from google.protobuf import text_format
 
-    msg = monitoring_config_class()()
     try:
         text_format.Parse(text, msg)
     except text_format.ParseError as e:
         raise ConfigError(
-            f"{source}: not a tensorflow.serving.MonitoringConfig text proto ({e}): "
+            f"{source}: not a tensorflow.serving.{kind} text proto ({e}): "
             "fix the file or regenerate it with `python -m builder config`"
         ) from None
+    return msg
+
+
+def parse_monitoring_config(text: str, source: str = MONITORING_FILE) -> Any:
+    """Parse a ``--monitoring_config_file``; the Prometheus path must be an absolute URL path."""
+    msg = _parse_text_proto(text, monitoring_config_class()(), source, "MonitoringConfig")
     path = msg.prometheus_config.path
     if path and not path.startswith("/"):
         raise ConfigError(
