@@ -13,20 +13,20 @@ import os
 import sys
 import traceback
 
-from builder.errors import BuilderError
+from builder.core.errors import BuilderError
 
 # command name -> (module, function). A module that does not exist yet is left out of the CLI.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "example": ("builder.example", "example_command"),
-    "export": ("builder.export", "export_command"),
-    "config": ("builder.serving_config", "config_command"),
-    "inspect": ("builder.inspection", "inspect_command"),
-    "serve": ("builder.server", "serve_command"),
-    "publish": ("builder.publish", "publish_command"),
-    "pull": ("builder.publish", "pull_command"),
-    "verify": ("builder.publish", "verify_command"),
-    "deploy": ("builder.deploy", "deploy_command"),
-    "benchmark": ("builder.bench", "benchmark_command"),
+    "example": ("builder.example.facenet", "example_command"),
+    "export": ("builder.export.pipeline", "export_command"),
+    "config": ("builder.config.models_config", "config_command"),
+    "inspect": ("builder.config.inspection", "inspect_command"),
+    "serve": ("builder.serve.server", "serve_command"),
+    "publish": ("builder.publish.api", "publish_command"),
+    "pull": ("builder.publish.api", "pull_command"),
+    "verify": ("builder.publish.api", "verify_command"),
+    "deploy": ("builder.deploy.kubernetes", "deploy_command"),
+    "benchmark": ("builder.bench.benchmark", "benchmark_command"),
 }
 
 

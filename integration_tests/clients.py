@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from builder.server import ServerHandle
+from builder.serve.server import ServerHandle
 
 
 class Rest:

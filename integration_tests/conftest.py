@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder.server import (
+from builder.serve.server import (
     LOG_BEGIN,
     LOG_END,
     ContainerServer,
@@ -66,7 +66,7 @@ class Repo:
 def build_repo(root: Path) -> Repo:
     """toy/1, toy/2 served as "toy" (policy all, labels stable->1, canary->2) and as
     "toy_latest" (default latest policy: only 2); batching/monitoring companions beside it."""
-    from builder.batching import batch_sizes_from_repo, write_companions
+    from builder.config.companions import batch_sizes_from_repo, write_companions
 
     for v in (1, 2):
         build_toy_version(root, "toy", v, batch_sizes=BATCH_SIZES)
@@ -94,13 +94,13 @@ def export_facenet_style(root: Path) -> Path:
     training checkpoint: queue-fed ``input`` cut away, ``phase_train`` folded."""
     import sys
 
-    from builder import export
+    from builder.export import pipeline
 
     sys.path.insert(0, str(PROJECT / "tests"))
     import models  # the tiny FaceNet-interface checkpoint of the unit tests
 
     ckpt = models.write_tiny_checkpoint(root.parent / f"{root.name}-facenet-ckpt")
-    result = export.export(export.ExportOptions(
+    result = pipeline.export(pipeline.ExportOptions(
         model=str(ckpt), name="facenet", repo=str(root), inputs=["input"], outputs=["embeddings"],
         feed={"phase_train": "false"}, input_alias={"input": "images"}, batch_sizes=list(BATCH_SIZES)),
         quiet=True)

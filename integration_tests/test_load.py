@@ -136,7 +136,7 @@ def hot_server(request, tmp_path):
     aside = build_toy_version(tmp_path / "aside", "hot", 3)
     config = write_models_config(root / "models.config",
                                  [{"name": "hot", "base_path": root / "hot", "num_versions": 2}])
-    from builder.batching import write_companions
+    from builder.config.companions import write_companions
 
     comp = write_companions(root / "serving", [1, 4])
     repo = Repo(root, config, comp["batching"], comp["monitoring"], {"hot": [1, 2]})

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from builder.batching import load_latency_budget
-from builder.server import trt_engine_builds
+from builder.config.companions import load_latency_budget
+from builder.serve.server import trt_engine_builds
 from integration_tests.clients import outputs, rows_to_arrays
 from integration_tests.conftest import BATCH_SIZES, SERVING_CONFIGS, Repo
 from integration_tests.fixture_models import sample_inputs, toy_reference

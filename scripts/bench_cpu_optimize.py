@@ -213,8 +213,8 @@ def saved_model_candidate(name: str, path: Path) -> Candidate:
 
 def export_version(example: Path, repo: Path, optimize: str, size: int) -> tuple[Path, str, dict]:
     """Run the real export pipeline; checkpoint flow first (the seed's), frozen as fallback."""
-    from builder import export as ex
-    from builder.errors import BuilderError
+    from builder.core.errors import BuilderError
+    from builder.export import pipeline as ex
 
     common = dict(name=f"facenet_{optimize}", repo=str(repo), inputs=["input"],
                   outputs=["embeddings"], feed={"phase_train": "false"},
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    from builder import example as fx
+    from builder.example import facenet as fx
 
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-opt-"))
     load_start = os.getloadavg()[0]

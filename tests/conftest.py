@@ -70,7 +70,7 @@ def run_builder(*args: str, env: dict | None = None, timeout: float = 300) -> su
 @pytest.fixture(scope="session")
 def facenet_tiny(tmp_path_factory) -> dict:
     """The built-in FaceNet example at tiny size: same interface, ops and formats."""
-    from builder.example import write_example
+    from builder.example.facenet import write_example
 
     return write_example(tmp_path_factory.mktemp("facenet") / "example", tiny=True, log=None)
 

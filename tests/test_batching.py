@@ -8,34 +8,34 @@ from pathlib import Path
 
 import pytest
 
-from builder import batching
-from builder.errors import ConfigError, InputError
+from builder.config import companions
+from builder.core.errors import ConfigError, InputError
 
 PROJECT = Path(__file__).resolve().parent.parent
 SERVING_CONFIGS = PROJECT / "serving_configs"
 
 
 def test_allowed_batch_sizes_are_the_built_sizes():
-    text = batching.batching_parameters_text([100, 1, 8, 8])
-    msg = batching.parse_batching_parameters(text)
+    text = companions.batching_parameters_text([100, 1, 8, 8])
+    msg = companions.parse_batching_parameters(text)
     assert list(msg.allowed_batch_sizes) == [1, 8, 100]
     assert msg.max_batch_size.value == 100
-    assert msg.batch_timeout_micros.value == batching.DEFAULT_BATCH_TIMEOUT_MICROS
-    assert msg.num_batch_threads.value == batching.DEFAULT_NUM_BATCH_THREADS
-    assert msg.max_enqueued_batches.value == batching.DEFAULT_MAX_ENQUEUED_BATCHES
+    assert msg.batch_timeout_micros.value == companions.DEFAULT_BATCH_TIMEOUT_MICROS
+    assert msg.num_batch_threads.value == companions.DEFAULT_NUM_BATCH_THREADS
+    assert msg.max_enqueued_batches.value == companions.DEFAULT_MAX_ENQUEUED_BATCHES
     assert msg.pad_variable_length_inputs is False
 
 
 def test_schema_matches_tf_serving_field_numbers():
     """Wire format pins the field numbers of TF Serving 2.17.1's session_bundle_config.proto and
     monitoring_config.proto (a text-only check would not notice a renumbered field)."""
-    bp = batching.batching_parameters_class()()
+    bp = companions.batching_parameters_class()()
     bp.max_batch_size.value = 8  # field 1, Int64Value{value(1)=8}
     bp.allowed_batch_sizes.append(8)  # field 6, packed int64
     bp.max_execution_batch_size.value = 3  # field 9
     assert bp.SerializeToString() == b"\n\x02\x08\x08" + b"2\x01\x08" + b"J\x02\x08\x03"
     assert type(bp).DESCRIPTOR.full_name == "tensorflow.serving.BatchingParameters"
-    mc = batching.monitoring_config_class()()
+    mc = companions.monitoring_config_class()()
     mc.prometheus_config.enable = True
     mc.prometheus_config.path = "/m"
     assert mc.SerializeToString() == b"\n\x06\x08\x01\x12\x02/m"
@@ -52,7 +52,7 @@ def test_schema_matches_tf_serving_field_numbers():
 ])
 def test_batching_parse_errors_name_the_file(text, fragment):
     with pytest.raises(ConfigError) as err:
-        batching.parse_batching_parameters(text, "/x/batching_parameters.txt")
+        companions.parse_batching_parameters(text, "/x/batching_parameters.txt")
     msg = str(err.value)
     assert msg.startswith("/x/batching_parameters.txt: ")
     assert fragment in msg
@@ -60,22 +60,22 @@ def test_batching_parse_errors_name_the_file(text, fragment):
 
 
 def test_monitoring_config_round_trip_and_errors():
-    msg = batching.parse_monitoring_config(batching.monitoring_config_text("/metrics"))
+    msg = companions.parse_monitoring_config(companions.monitoring_config_text("/metrics"))
     assert msg.prometheus_config.enable is True
     assert msg.prometheus_config.path == "/metrics"
     with pytest.raises(ConfigError, match="must start with '/'"):
-        batching.monitoring_config_text("metrics")
+        companions.monitoring_config_text("metrics")
     with pytest.raises(ConfigError, match="MonitoringConfig text proto"):
-        batching.parse_monitoring_config("prometheus_config { enabled: true }", "m.config")
+        companions.parse_monitoring_config("prometheus_config { enabled: true }", "m.config")
 
 
 def test_write_companions_writes_both_files(tmp_path):
     out = tmp_path / "serving"
-    paths = batching.write_companions(out, (8, 1), num_batch_threads=2)
+    paths = companions.write_companions(out, (8, 1), num_batch_threads=2)
     assert paths == {"batching": out / "batching_parameters.txt", "monitoring": out / "monitoring.config"}
-    bp = batching.parse_batching_parameters(paths["batching"].read_text())
+    bp = companions.parse_batching_parameters(paths["batching"].read_text())
     assert list(bp.allowed_batch_sizes) == [1, 8] and bp.num_batch_threads.value == 2
-    assert batching.parse_monitoring_config(paths["monitoring"].read_text()).prometheus_config.enable
+    assert companions.parse_monitoring_config(paths["monitoring"].read_text()).prometheus_config.enable
     assert sorted(p.name for p in out.iterdir()) == ["batching_parameters.txt", "monitoring.config"]
 
 
@@ -86,10 +86,10 @@ def test_write_companions_writes_both_files(tmp_path):
     (dict(batch_sizes=[1], prometheus_path="metrics"), "must start with '/'"),
 ])
 def test_bad_arguments_leave_existing_files_untouched(tmp_path, kwargs, fragment):
-    batching.write_companions(tmp_path, [1, 8])
+    companions.write_companions(tmp_path, [1, 8])
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(ConfigError) as err:
-        batching.write_companions(tmp_path, **kwargs)
+        companions.write_companions(tmp_path, **kwargs)
     assert fragment in str(err.value)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
@@ -98,7 +98,7 @@ def test_out_dir_that_is_a_file_is_refused(tmp_path):
     f = tmp_path / "serving"
     f.write_text("x")
     with pytest.raises(InputError, match="is a file, not a directory"):
-        batching.write_companions(f, [1])
+        companions.write_companions(f, [1])
     assert f.read_text() == "x"
 
 
@@ -109,22 +109,22 @@ def test_batch_sizes_from_repo_reads_build_info(tmp_path):
         (d / "build_info.json").write_text(json.dumps({"batch_sizes": sizes}))
     (tmp_path / "a" / ".staging-x" / "assets.extra").mkdir(parents=True)  # ignored, not numeric
     (tmp_path / "a" / ".staging-x" / "assets.extra" / "build_info.json").write_text('{"batch_sizes": [999]}')
-    assert batching.batch_sizes_from_repo(tmp_path) == [1, 4, 8, 100]
+    assert companions.batch_sizes_from_repo(tmp_path) == [1, 4, 8, 100]
     (tmp_path / "b" / "1" / "assets.extra" / "build_info.json").write_text("{not json")
     with pytest.raises(InputError, match=r"b/1/assets.extra/build_info.json: unreadable"):
-        batching.batch_sizes_from_repo(tmp_path)
+        companions.batch_sizes_from_repo(tmp_path)
 
 
 def test_project_defaults_parse_and_match_the_writer():
     bp_text = (SERVING_CONFIGS / "batching_parameters.txt").read_text()
     mc_text = (SERVING_CONFIGS / "monitoring.config").read_text()
-    assert bp_text == batching.batching_parameters_text([1, 8, 100])
-    assert mc_text == batching.monitoring_config_text()
-    assert list(batching.parse_batching_parameters(bp_text).allowed_batch_sizes) == [1, 8, 100]
+    assert bp_text == companions.batching_parameters_text([1, 8, 100])
+    assert mc_text == companions.monitoring_config_text()
+    assert list(companions.parse_batching_parameters(bp_text).allowed_batch_sizes) == [1, 8, 100]
 
 
 def test_project_latency_budget_covers_the_integration_suite():
-    budget = batching.load_latency_budget(SERVING_CONFIGS / "latency_budget.json")
+    budget = companions.load_latency_budget(SERVING_CONFIGS / "latency_budget.json")
     for backend in ("local", "container-cpu", "container-gpu"):
         assert budget.cold_start_seconds(backend) > 0
         for bs in (1, 8):
@@ -150,7 +150,7 @@ def test_latency_budget_validation(tmp_path, data, fragment):
     p = tmp_path / "budget.json"
     p.write_text(data if isinstance(data, str) else json.dumps(data))
     with pytest.raises(ConfigError) as err:
-        batching.load_latency_budget(p)
+        companions.load_latency_budget(p)
     assert str(err.value).startswith(str(p))
     assert fragment in str(err.value)
 
@@ -159,8 +159,8 @@ def test_latency_budget_wildcard_model(tmp_path):
     p = tmp_path / "b.json"
     p.write_text(json.dumps({"backends": {"local": {"cold_start_seconds": 5, "models": {
         "*": {"1": {"p50_ms": 1, "p99_ms": 2}}, "m": {"1": {"p50_ms": 3, "p99_ms": 4}}}}}}))
-    budget = batching.load_latency_budget(p)
-    assert budget.warm("local", "other", 1) == batching.Budget(1.0, 2.0)
-    assert budget.warm("local", "m", 1) == batching.Budget(3.0, 4.0)
+    budget = companions.load_latency_budget(p)
+    assert budget.warm("local", "other", 1) == companions.Budget(1.0, 2.0)
+    assert budget.warm("local", "m", 1) == companions.Budget(3.0, 4.0)
     with pytest.raises(InputError, match="not found"):
-        batching.load_latency_budget(tmp_path / "missing.json")
+        companions.load_latency_budget(tmp_path / "missing.json")

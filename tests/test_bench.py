@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from conftest import CKPT_FLAGS, run_builder
 
-from builder import bench, export
-from builder.errors import InputError, ServingError
-from builder.server import LocalServer
+from builder.bench import benchmark
+from builder.core.errors import InputError, ServingError
+from builder.export import pipeline
+from builder.serve.server import LocalServer
 
 LOADER_FLAGS = dict(inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},
                     input_alias={"input": "images"}, input_shapes={"input": "?x8x8x3"})
@@ -25,7 +26,7 @@ BATCHES = [1, 4]
 @pytest.fixture(scope="module")
 def repo(tiny_ckpt, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_repo")
-    export.export(export.ExportOptions(model=str(tiny_ckpt), name="toy", repo=str(root),
+    pipeline.export(pipeline.ExportOptions(model=str(tiny_ckpt), name="toy", repo=str(root),
                                        flow="checkpoint", batch_sizes=BATCHES, **CKPT_FLAGS),
                   quiet=True)
     return root
@@ -41,14 +42,14 @@ def _options(specs, **kw):
     base = dict(batch_sizes=BATCHES, warmup=1, repeats=2, runs=3, gemm_size=128, quiet=True,
                 **LOADER_FLAGS)
     base.update(kw)
-    return bench.BenchOptions(candidates=bench.parse_candidates(specs), **base)
+    return benchmark.BenchOptions(candidates=benchmark.parse_candidates(specs), **base)
 
 
 @pytest.fixture(scope="module")
 def doc(tiny_ckpt, tiny_frozen, repo, other_ckpt):
     specs = [f"ckpt={tiny_ckpt}", f"frozen={tiny_frozen}", f"export={repo / 'toy' / '1'}",
              f"other={other_ckpt}"]
-    return bench.run_benchmark(_options(specs))
+    return benchmark.run_benchmark(_options(specs))
 
 
 def _row(doc, label, batch):
@@ -60,7 +61,7 @@ def _row(doc, label, batch):
 
 def test_candidate_kinds_targets_and_labels(tiny_ckpt, tiny_frozen, tiny_tf1_sm, repo):
     version = repo / "toy" / "1"
-    specs = bench.parse_candidates(
+    specs = benchmark.parse_candidates(
         [str(tiny_ckpt), f"fz={tiny_frozen}", f"ex={version}", f"latest={repo / 'toy'}",
          f"sm=savedmodel:{version}", f"src={tiny_tf1_sm}", "g2=127.0.0.1:8500/toy/1",
          "r2=http://127.0.0.1:8501/v1/models/toy/versions/1"],
@@ -102,7 +103,7 @@ def test_cli_accepts_positional_and_comma_list_candidates(tiny_ckpt, repo, tmp_p
 ])
 def test_bad_specs_are_one_line_input_errors(spec, message, tiny_ckpt):
     with pytest.raises(InputError) as e:
-        bench.parse_candidates([spec.format(ckpt=tiny_ckpt)])
+        benchmark.parse_candidates([spec.format(ckpt=tiny_ckpt)])
     assert message in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -122,27 +123,27 @@ def test_bad_options_fail_before_loading(tiny_ckpt):
                         (dict(repeats=0), "--repeats"), (dict(batch_sizes=[]), "--batch_sizes"),
                         (dict(samples="/nope.npz"), "--samples"), (dict(concurrency=0), "--concurrency")]:
         with pytest.raises(InputError, match=message.replace("-", r"\-")):
-            bench.validate(_options([str(tiny_ckpt)], **kw))
+            benchmark.validate(_options([str(tiny_ckpt)], **kw))
 
 
 def test_unreachable_server_is_a_serving_error(repo):
     o = _options([f"export={repo / 'toy' / '1'}", "g=127.0.0.1:1/toy"])
     with pytest.raises(ServingError, match=r"candidate 'g=127.0.0.1:1/toy': gRPC 127.0.0.1:1.*UNAVAILABLE"):
-        bench.run_benchmark(o)
+        benchmark.run_benchmark(o)
 
 
 def test_mismatched_input_names_are_reported(tiny_ckpt, repo):
     flags = {**LOADER_FLAGS, "input_alias": {}}  # the checkpoint's input is then called "input"
     o = _options([f"export={repo / 'toy' / '1'}", f"ckpt={tiny_ckpt}"], **flags)
     with pytest.raises(InputError, match=r"candidate 'ckpt' takes inputs \['input'\].*--input_alias"):
-        bench.run_benchmark(o)
+        benchmark.run_benchmark(o)
 
 
 # --------------------------------------------------------------------------- statistics
 
 
 def test_summarize_percentiles_and_repeat_spread():
-    s = bench.summarize([[0.001, 0.002, 0.003, 0.004], [0.010]], [100.0, 300.0, 200.0])
+    s = benchmark.summarize([[0.001, 0.002, 0.003, 0.004], [0.010]], [100.0, 300.0, 200.0])
     assert s["runs"] == 5
     assert s["latency_ms"]["p50"] == pytest.approx(3.0)
     assert s["latency_ms"]["min"] == pytest.approx(1.0) and s["latency_ms"]["max"] == pytest.approx(10.0)
@@ -217,7 +218,7 @@ def test_machine_and_load_are_recorded(doc):
 def test_time_budget_runs_until_the_budget(tiny_frozen):
     o = _options([f"fz={tiny_frozen}"], runs=None, seconds=0.3, repeats=1, batch_sizes=[1],
                  gemm_size=0, flops=False)
-    d = bench.run_benchmark(o)
+    d = benchmark.run_benchmark(o)
     row = d["results"][0]
     assert row["runs"] > 3  # each run is ~1 ms: the budget, not a count, ended the repeat
     total = row["latency_ms"]["mean"] * row["runs"] / 1e3
@@ -235,7 +236,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_outputs_json_markdown_png(doc, tmp_path):
-    files = bench.write_outputs(doc, tmp_path / "out")
+    files = benchmark.write_outputs(doc, tmp_path / "out")
     assert [f.name for f in files] == ["results.json", "results.md", "latency_throughput.png"]
     data = json.loads(files[0].read_text())
     for key in ("tool", "created", "command", "machine", "load", "settings", "gemm", "reference",
@@ -255,7 +256,7 @@ def test_outputs_json_markdown_png(doc, tmp_path):
 
 
 def test_basename_names_the_outputs(doc, tmp_path):
-    files = bench.write_outputs(doc, tmp_path, "facenet_cpu")
+    files = benchmark.write_outputs(doc, tmp_path, "facenet_cpu")
     assert [f.name for f in files] == ["facenet_cpu.json", "facenet_cpu.md", "facenet_cpu.png"]
     assert "(facenet_cpu.png)" in files[1].read_text()
 
@@ -263,14 +264,14 @@ def test_basename_names_the_outputs(doc, tmp_path):
 def test_a_failed_write_leaves_nothing(doc, tmp_path):
     broken = {k: v for k, v in doc.items() if k != "machine"}
     with pytest.raises(KeyError):
-        bench.write_outputs(broken, tmp_path)
+        benchmark.write_outputs(broken, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_json_has_no_nan(tmp_path, doc):
-    patched = json.loads(json.dumps(bench._jsonable(doc)))
+    patched = json.loads(json.dumps(benchmark._jsonable(doc)))
     patched["results"][0]["latency_ms"]["p99"] = float("nan")
-    bench.write_outputs(patched, tmp_path)
+    benchmark.write_outputs(patched, tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["results"][0]["latency_ms"]["p99"] is None
     assert not any(isinstance(v, float) and math.isnan(v) for v in data["results"][0]["latency_ms"].values()
@@ -293,7 +294,7 @@ def test_grpc_and_rest_candidates_against_the_local_server(repo, server):
     # no model name given: the servers are asked for the model the export candidate is
     o = _options([f"export={repo / 'toy' / '1'}", f"grpc=grpc:{server.grpc_target}",
                   f"rest={server.rest_url}"], concurrency=2, runs=4, repeats=1, gemm_size=0)
-    d = bench.run_benchmark(o)
+    d = benchmark.run_benchmark(o)
     for b in BATCHES:
         g, r = _row(d, "grpc", b), _row(d, "rest", b)
         for row in (g, r):
@@ -312,7 +313,7 @@ def test_grpc_and_rest_candidates_against_the_local_server(repo, server):
 def test_unknown_model_on_a_real_server(server):
     o = _options([f"g={server.grpc_target}/nosuchmodel"], gemm_size=0)
     with pytest.raises(ServingError, match="NOT_FOUND"):
-        bench.run_benchmark(o)
+        benchmark.run_benchmark(o)
 
 
 # --------------------------------------------------------------------------- CLI end to end

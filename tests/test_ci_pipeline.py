@@ -183,15 +183,17 @@ def test_example_ci_commands_use_real_flags():
 
     import yaml
 
-    from builder import deploy, example, export, image
+    from builder.deploy import image, kubernetes
+    from builder.example import facenet
+    from builder.export import pipeline
 
     mod = _load_script()
     known = {
         "ci_pipeline": {a.dest for a in mod._parser()._actions},
         "build_serving_image": {a.dest for a in image._parser()._actions},
-        "deploy": set(inspect.signature(deploy.deploy_command).parameters),
-        "example": set(inspect.signature(example.example_command).parameters),
-        "export": set(inspect.signature(export.export_command).parameters),
+        "deploy": set(inspect.signature(kubernetes.deploy_command).parameters),
+        "example": set(inspect.signature(facenet.example_command).parameters),
+        "export": set(inspect.signature(pipeline.export_command).parameters),
     }
     seen: dict[str, int] = dict.fromkeys(known, 0)
     for path in sorted(EXAMPLES.glob("*.yml")):

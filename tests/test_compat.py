@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import compat
-from builder.errors import CompatibilityError
+from builder.config import compat
+from builder.core.errors import CompatibilityError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_config_step_gates_a_trt_artefact(tmp_path, image, code):
 
 
 def test_image_step_gates_a_trt_artefact(tmp_path):
-    from builder import image
+    from builder.deploy import image
 
     repo = tmp_path / "repo"
     write_trt_version(repo)

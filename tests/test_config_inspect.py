@@ -10,8 +10,9 @@ import pytest
 from conftest import CKPT_FLAGS, run_builder
 from google.protobuf import text_format
 
-from builder import export, inspection, serving_config
-from builder.errors import CompatibilityError, ConfigError
+from builder.config import inspection, models_config
+from builder.core.errors import CompatibilityError, ConfigError
+from builder.export import pipeline
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +20,9 @@ def repo(tiny_ckpt, tmp_path_factory) -> Path:
     """Two models; 'tiny' has versions 1..3."""
     r = tmp_path_factory.mktemp("cfgrepo")
     for _ in range(3):
-        export.export(export.ExportOptions(model=str(tiny_ckpt), name="tiny", repo=str(r), batch_sizes=[1, 4],
+        pipeline.export(pipeline.ExportOptions(model=str(tiny_ckpt), name="tiny", repo=str(r), batch_sizes=[1, 4],
                                            **CKPT_FLAGS), quiet=True)
-    export.export(export.ExportOptions(model=str(tiny_ckpt), name="other", repo=str(r), batch_sizes=[2],
+    pipeline.export(pipeline.ExportOptions(model=str(tiny_ckpt), name="other", repo=str(r), batch_sizes=[2],
                                        **CKPT_FLAGS), quiet=True)
     return r
 
@@ -44,9 +45,9 @@ def test_config_covers_every_model_with_policies_and_labels(repo, tmp_path):
     r = _copy(repo, tmp_path)
     (r / "tiny" / "latest").mkdir()  # non-numeric: ignored with a warning
     warnings: list[str] = []
-    cfg = serving_config.build_config(r, base_path="/models", policies={"tiny": "specific:2,3"},
+    cfg = models_config.build_config(r, base_path="/models", policies={"tiny": "specific:2,3"},
                                       labels={"tiny": {"stable": 2, "canary": 3}}, warn=warnings.append)
-    serving_config.write_models_config(cfg, r / "models.config")
+    models_config.write_models_config(cfg, r / "models.config")
     entries = _parse(r / "models.config")
     assert set(entries) == {"tiny", "other"}
     assert entries["tiny"].base_path == "/models/tiny" and entries["tiny"].model_platform == "tensorflow"
@@ -84,7 +85,7 @@ def test_config_merges_with_existing_entries(repo, tmp_path):
 ])
 def test_config_errors(repo, kw, text):
     with pytest.raises(ConfigError, match=text):
-        serving_config.build_config(repo, **kw)
+        models_config.build_config(repo, **kw)
 
 
 def test_bad_label_name_and_broken_existing_config_are_not_overwritten(repo, tmp_path):
@@ -120,11 +121,11 @@ def _trt_version(dst: Path) -> Path:
 def test_image_gate_refuses_trt_artefacts_in_cpu_or_new_images(repo, tmp_path):
     r = _copy(repo, tmp_path)
     _trt_version(r / "trt" / "1")
-    cfg = serving_config.build_config(r)
+    cfg = models_config.build_config(r)
     for image in ("tensorflow/serving:2.17.0", "tensorflow/serving:2.18.0-gpu", "tensorflow/serving:latest-gpu"):
         with pytest.raises(CompatibilityError, match="trt version 1"):
-            serving_config.check_image(r, cfg, image)
-    serving_config.check_image(r, cfg, "tensorflow/serving:2.17.0-gpu")
+            models_config.check_image(r, cfg, image)
+    models_config.check_image(r, cfg, "tensorflow/serving:2.17.0-gpu")
     p = run_builder("config", "--repo", str(r), "--image", "tensorflow/serving:2.19.0-gpu")
     assert p.returncode == 2 and "TensorRT" in p.stderr
     assert not (r / "models.config").exists()

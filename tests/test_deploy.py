@@ -19,9 +19,10 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv
 
-from builder import batching, deploy, image
 from builder.cli import main
-from builder.errors import ConfigError
+from builder.config import companions
+from builder.core.errors import ConfigError
+from builder.deploy import image, kubernetes
 
 K8S = "1.30"
 
@@ -100,9 +101,9 @@ def test_kubernetes_manifests_valid_and_wired(repos, tmp_path, capsys):
     assert (entry.name, entry.base_path, entry.model_platform) == (
         "tiny", "gs://bucket/models/tiny", "tensorflow")
     assert list(entry.model_version_policy.specific.versions) == [2]
-    params = batching.parse_batching_parameters(cm["data"]["batching_parameters.txt"])
+    params = companions.parse_batching_parameters(cm["data"]["batching_parameters.txt"])
     assert list(params.allowed_batch_sizes) == [1, 4]  # from build_info batch_sizes
-    batching.parse_monitoring_config(cm["data"]["monitoring.config"])
+    companions.parse_monitoring_config(cm["data"]["monitoring.config"])
 
     # Service and HPA point at the Deployment's pods
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -152,7 +153,7 @@ def test_kserve_inference_service(repos, tmp_path, capsys):
     docs = _docs(tmp_path / "tiny-kserve.yaml")
     cm, isvc = docs
     kv.validate(cm, K8S, strict=True)
-    deploy.validate_inference_service(isvc, K8S)
+    kubernetes.validate_inference_service(isvc, K8S)
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     assert isvc["metadata"]["namespace"] == "ml" == cm["metadata"]["namespace"]
     tf = isvc["spec"]["predictor"]["tensorflow"]
@@ -180,7 +181,7 @@ def test_kserve_schema_rejects_what_kserve_rejects(repos, tmp_path, capsys):
                          str(repos["trt"]), "--base_path", "s3://b/tiny", "--out", str(tmp_path))
     assert rc == 0, err
     good = _docs(tmp_path / "tiny-kserve.yaml")[1]
-    deploy.validate_manifests([good], K8S)
+    kubernetes.validate_manifests([good], K8S)
 
     def broken(mutate):
         doc = copy.deepcopy(good)
@@ -199,7 +200,7 @@ def test_kserve_schema_rejects_what_kserve_rejects(repos, tmp_path, capsys):
     }
     for what, mutate in cases.items():
         with pytest.raises(ConfigError, match="InferenceService/") as e:
-            deploy.validate_manifests([broken(mutate)], K8S)
+            kubernetes.validate_manifests([broken(mutate)], K8S)
         assert "\n" not in str(e.value), what
 
 
@@ -211,18 +212,18 @@ def test_kubernetes_schema_rejects_typos(repos, tmp_path, capsys):
     bad = copy.deepcopy(dep)
     bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(ConfigError, match=r"Deployment/tiny: spec\.template\.spec\.containers\.0"):
-        deploy.validate_manifests([bad], K8S)
+        kubernetes.validate_manifests([bad], K8S)
     bad = copy.deepcopy(dep)
     bad["spec"]["selector"] = "tiny"
     with pytest.raises(ConfigError, match="Deployment/tiny"):
-        deploy.validate_manifests([bad], K8S)
+        kubernetes.validate_manifests([bad], K8S)
 
 
 def test_validation_is_offline(repos, monkeypatch):
-    p = deploy.plan(target="kubernetes", name="tiny", base_path="gs://b/tiny",
+    p = kubernetes.plan(target="kubernetes", name="tiny", base_path="gs://b/tiny",
                     repo=str(repos["plain"]))
-    docs = deploy.manifests(p)
-    p2 = deploy.plan(target="kserve", name="tiny", base_path="s3://b/tiny",
+    docs = kubernetes.manifests(p)
+    p2 = kubernetes.plan(target="kserve", name="tiny", base_path="s3://b/tiny",
                      repo=str(repos["plain"]))
 
     def no_network(*a, **k):
@@ -230,7 +231,7 @@ def test_validation_is_offline(repos, monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    deploy.validate_manifests(docs + deploy.manifests(p2), K8S)
+    kubernetes.validate_manifests(docs + kubernetes.manifests(p2), K8S)
 
 
 def test_fixed_replicas_volume_claim_and_names(repos, tmp_path, capsys):
@@ -253,7 +254,7 @@ def test_fixed_replicas_volume_claim_and_names(repos, tmp_path, capsys):
     assert spec["containers"][0]["resources"]["requests"] == {"cpu": "1500m", "memory": "2Gi"}
     assert "versions: 1" in docs[0]["data"]["models.config"]
     # the probe keeps the model name, the resources get a Kubernetes name
-    assert deploy.app_name("Face_Net.v2") == "face-net-v2"
+    assert kubernetes.app_name("Face_Net.v2") == "face-net-v2"
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -335,11 +336,11 @@ def test_probe_and_metrics_paths_answer_on_a_serving_server(repos, tmp_path):
     import urllib.error
     import urllib.request
 
-    from builder.server import LocalServer
+    from builder.serve.server import LocalServer
 
-    p = deploy.plan(target="kubernetes", name="tiny", base_path="gs://bucket/models/tiny",
+    p = kubernetes.plan(target="kubernetes", name="tiny", base_path="gs://bucket/models/tiny",
                     repo=str(repos["plain"]))
-    k = _by_kind(deploy.manifests(p))
+    k = _by_kind(kubernetes.manifests(p))
     data = k["ConfigMap"]["data"]
     files = {}
     for key, text in data.items():

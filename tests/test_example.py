@@ -15,9 +15,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from builder import example
 from builder.cli import main as cli_main
-from builder.errors import InputError
+from builder.core.errors import InputError
+from builder.example import facenet
 
 v1 = tf.compat.v1
 ATOL = 1e-5
@@ -26,12 +26,12 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("example") / "facenet"
-    return example.write_example(out, tiny=True, seed=0, log=None)
+    return facenet.write_example(out, tiny=True, seed=0, log=None)
 
 
 @pytest.fixture(scope="module")
 def probe(tiny: dict) -> np.ndarray:
-    return example.probe_images(6, tiny["image_size"], seed=42)
+    return facenet.probe_images(6, tiny["image_size"], seed=42)
 
 
 def run_checkpoint(info: dict, x: np.ndarray, phase_train: bool = False) -> np.ndarray:
@@ -199,7 +199,7 @@ def test_cli_same_seed_writes_same_weights(tiny: dict, probe: np.ndarray, tmp_pa
 
 def test_other_seed_differs_and_formats_subset(tiny: dict, probe: np.ndarray,
                                                tmp_path: Path) -> None:
-    info = example.write_example(tmp_path / "m", tiny=True, seed=1, formats=("frozen",),
+    info = facenet.write_example(tmp_path / "m", tiny=True, seed=1, formats=("frozen",),
                                  log=None)
     assert sorted(os.listdir(tmp_path / "m")) == ["frozen"]
     assert "checkpoint_dir" not in info and "savedmodel" not in info
@@ -212,7 +212,7 @@ def test_other_seed_differs_and_formats_subset(tiny: dict, probe: np.ndarray,
 
 
 def test_input_pipeline_reads_rotates_and_batches(tmp_path: Path) -> None:
-    size = example.TINY.image_size
+    size = facenet.TINY.image_size
     rng = np.random.RandomState(3)
     sources, paths = [], []
     for i in range(3):
@@ -223,12 +223,12 @@ def test_input_pipeline_reads_rotates_and_batches(tmp_path: Path) -> None:
         paths.append(str(p))
     assert v1.control_flow_v2_enabled()
     graph = tf.Graph()
-    roles = example.build_facenet_graph(graph, tiny=True, seed=0)
+    roles = facenet.build_facenet_graph(graph, tiny=True, seed=0)
     # TF1 Switch/Merge were used for this graph only: the process-wide TF2 default is back.
     assert v1.control_flow_v2_enabled()
-    control = example.RANDOM_ROTATE | example.FIXED_STANDARDIZATION
+    control = facenet.RANDOM_ROTATE | facenet.FIXED_STANDARDIZATION
     with graph.as_default(), v1.Session(graph=graph) as sess:
-        example.initialize_facenet(sess, roles, seed=0)
+        facenet.initialize_facenet(sess, roles, seed=0)
         sess.run(roles["enqueue_op"], {
             roles["image_paths"]: np.array(paths).reshape(-1, 1),
             roles["labels"]: np.arange(3, dtype=np.int32).reshape(-1, 1),
@@ -255,7 +255,7 @@ def test_input_pipeline_reads_rotates_and_batches(tmp_path: Path) -> None:
 
 def test_full_size_graph_has_facenet_dimensions() -> None:
     graph = tf.Graph()
-    roles = example.build_facenet_graph(graph)
+    roles = facenet.build_facenet_graph(graph)
     assert 20_000_000 <= roles["parameters"] <= 30_000_000
     assert roles["input"].shape.as_list() == [None, 160, 160, 3]
     assert roles["embeddings"].shape.as_list() == [None, 512]
@@ -264,12 +264,12 @@ def test_full_size_graph_has_facenet_dimensions() -> None:
 
 @pytest.mark.parametrize("size, ok", [(74, False), (75, True), (160, True)])
 def test_min_image_size(size: int, ok: bool) -> None:
-    assert example.min_image_size() == 75
+    assert facenet.min_image_size() == 75
     if ok:
-        assert example.architecture(tiny=True, image_size=size).image_size == size
+        assert facenet.architecture(tiny=True, image_size=size).image_size == size
     else:
         with pytest.raises(InputError, match="image_size 74 .* >= 75"):
-            example.architecture(tiny=True, image_size=size)
+            facenet.architecture(tiny=True, image_size=size)
 
 
 # -- bad input: one-line errors, nothing half-written ------------------------------------------
@@ -280,7 +280,7 @@ def test_refuses_non_empty_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="already exists and is not an empty directory"):
-        example.write_example(out, tiny=True, log=None)
+        facenet.write_example(out, tiny=True, log=None)
     assert cli_main(["example", "--out", str(out), "--tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --out {out} already exists") and "\n" not in err
@@ -296,7 +296,7 @@ def test_refuses_non_empty_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture
 ])
 def test_bad_arguments_write_nothing(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
-        example.write_example(tmp_path / "m", tiny=True, log=None, **kwargs)
+        facenet.write_example(tmp_path / "m", tiny=True, log=None, **kwargs)
     assert os.listdir(tmp_path) == []
 
 
@@ -319,9 +319,9 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     def broken(*_args: object, **_kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(example, "_write_from_checkpoint", broken)
+    monkeypatch.setattr(facenet, "_write_from_checkpoint", broken)
     with pytest.raises(OSError, match="No space left"):
-        example.write_example(out, tiny=True, log=None)
+        facenet.write_example(out, tiny=True, log=None)
     assert sorted(os.listdir(tmp_path)) == ["m"] and os.listdir(out) == []
 
 
@@ -330,11 +330,11 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
 
 @pytest.mark.slow
 def test_full_model_write_and_parity(tmp_path: Path) -> None:
-    info = example.write_example(tmp_path / "full", seed=0, formats=("checkpoint", "frozen"),
+    info = facenet.write_example(tmp_path / "full", seed=0, formats=("checkpoint", "frozen"),
                                  log=None)
     assert (info["image_size"], info["embedding_size"]) == (160, 512)
     assert 20_000_000 <= info["parameters"] <= 30_000_000
-    x = example.probe_images(4, 160, seed=1)
+    x = facenet.probe_images(4, 160, seed=1)
     emb = run_checkpoint(info, x)
     assert emb.shape == (4, 512)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import CKPT_ARGS, CKPT_FLAGS, ROOT, run_builder
 
-from builder import export, paths
-from builder.errors import GraphError, InputError, ParityError, VersionError
+from builder.core import layout
+from builder.core.errors import GraphError, InputError, ParityError, VersionError
+from builder.export import pipeline
 
 REQUIRED_KEYS = {"flow", "source", "tensorflow_version", "optimizer", "precision", "signature", "parity",
                  "export_seconds", "reproduce"}
@@ -25,20 +26,20 @@ REQUIRED_KEYS = {"flow", "source", "tensorflow_version", "optimizer", "precision
 def _opts(model, repo, **kw):
     flags = dict(CKPT_FLAGS)
     flags.update(kw)
-    return export.ExportOptions(model=str(model), name=kw.pop("name", "tiny"), repo=str(repo),
+    return pipeline.ExportOptions(model=str(model), name=kw.pop("name", "tiny"), repo=str(repo),
                                 **{k: v for k, v in flags.items() if k != "name"})
 
 
 def _numeric_and_staging(model_dir: Path):
     names = [p.name for p in model_dir.iterdir()] if model_dir.exists() else []
-    return ([n for n in names if paths.is_version_name(n)],
-            [n for n in names if n.startswith(paths.STAGING_PREFIX)])
+    return ([n for n in names if layout.is_version_name(n)],
+            [n for n in names if n.startswith(layout.STAGING_PREFIX)])
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_ckpt, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    result = export.export(_opts(tiny_ckpt, repo, batch_sizes=[1, 4]), quiet=True)
+    result = pipeline.export(_opts(tiny_ckpt, repo, batch_sizes=[1, 4]), quiet=True)
     return repo, result
 
 
@@ -57,7 +58,7 @@ def test_version_layout_and_build_info(exported, tiny_ckpt):
     assert info["parity"]["samples"] == 8 and info["parity"]["min_cosine"] > 0.99999
     srcs = {Path(f["path"]).name: f for f in info["source"]["files"]}
     meta = next(tiny_ckpt.glob("*.meta"))
-    assert srcs[meta.name]["sha256"] == export.sha256_file(meta)
+    assert srcs[meta.name]["sha256"] == pipeline.sha256_file(meta)
     assert info["reproduce"].startswith("python -m builder export --flow checkpoint")
     assert "--feed phase_train=false" in info["reproduce"] and "--version 1" in info["reproduce"]
     assert info["feeds"] == {"phase_train": False}
@@ -101,21 +102,21 @@ def test_export_loads_in_fresh_process_with_serving_loader(exported):
 
 
 def test_auto_versions_explicit_versions_and_overwrite(tiny_ckpt, tmp_path):
-    export.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1]), quiet=True)
-    r2 = export.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1]), quiet=True)
+    pipeline.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1]), quiet=True)
+    r2 = pipeline.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1]), quiet=True)
     assert r2.version == 2
-    r7 = export.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1], version=7), quiet=True)
+    r7 = pipeline.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1], version=7), quiet=True)
     assert r7.version == 7
-    assert export.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1]), quiet=True).version == 8
+    assert pipeline.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1]), quiet=True).version == 8
     before = (tmp_path / "tiny/7/assets.extra/build_info.json").read_text()
     with pytest.raises(VersionError, match=r"version 7 of tiny exists .*--overwrite"):
-        export.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1], version=7), quiet=True)
+        pipeline.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1], version=7), quiet=True)
     assert (tmp_path / "tiny/7/assets.extra/build_info.json").read_text() == before
-    r = export.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1], version=7, overwrite=True), quiet=True)
+    r = pipeline.export(_opts(tiny_ckpt, tmp_path, batch_sizes=[1], version=7, overwrite=True), quiet=True)
     assert r.version == 7
     assert (tmp_path / "tiny/7/assets.extra/build_info.json").read_text() != before
     assert _numeric_and_staging(tmp_path / "tiny")[1] == []
-    assert sorted(paths.list_versions(tmp_path / "tiny")) == [1, 2, 7, 8]
+    assert sorted(layout.list_versions(tmp_path / "tiny")) == [1, 2, 7, 8]
 
 
 @pytest.mark.parametrize("flow_fixture, kw", [
@@ -128,13 +129,13 @@ def test_auto_versions_explicit_versions_and_overwrite(tiny_ckpt, tmp_path):
 ])
 def test_every_flow_exports_with_parity(flow_fixture, kw, request, tmp_path):
     model = request.getfixturevalue(flow_fixture)
-    o = export.ExportOptions(model=str(model), name="m", repo=str(tmp_path), batch_sizes=[1, 2], **kw)
-    r = export.export(o, quiet=True)
+    o = pipeline.ExportOptions(model=str(model), name="m", repo=str(tmp_path), batch_sizes=[1, 2], **kw)
+    r = pipeline.export(o, quiet=True)
     info = r.build_info
     assert info["parity"]["passed"] and info["parity"]["max_abs_diff"] <= 1e-5
     assert info["flow"] == {"tiny_frozen": "frozen", "tiny_frozen_txt": "frozen", "tiny_keras": "keras"}.get(
         flow_fixture, "savedmodel")
-    from builder.parity import run_saved_model
+    from builder.export.parity import run_saved_model
 
     gold = np.load(r.path / "assets.extra/golden.npz")
     ins = {k[3:]: gold[k] for k in gold.files if k.startswith("in/")}
@@ -146,13 +147,13 @@ def test_every_flow_exports_with_parity(flow_fixture, kw, request, tmp_path):
 def test_samples_file_is_used(tiny_ckpt, tmp_path):
     x = np.random.default_rng(9).standard_normal((3, 8, 8, 3)).astype(np.float32)
     np.savez(tmp_path / "s.npz", images=x)
-    r = export.export(_opts(tiny_ckpt, tmp_path / "repo", samples=str(tmp_path / "s.npz"), batch_sizes=[1]),
+    r = pipeline.export(_opts(tiny_ckpt, tmp_path / "repo", samples=str(tmp_path / "s.npz"), batch_sizes=[1]),
                       quiet=True)
     assert r.build_info["parity"]["samples"] == 3
     np.testing.assert_array_equal(np.load(r.path / "assets.extra/golden.npz")["in/images"], x)
     np.savez(tmp_path / "bad.npz", other=x)
     with pytest.raises(InputError, match=r"--samples .*no array for input 'images'"):
-        export.export(_opts(tiny_ckpt, tmp_path / "repo2", samples=str(tmp_path / "bad.npz")), quiet=True)
+        pipeline.export(_opts(tiny_ckpt, tmp_path / "repo2", samples=str(tmp_path / "bad.npz")), quiet=True)
     assert not (tmp_path / "repo2" / "tiny").exists() or _numeric_and_staging(tmp_path / "repo2/tiny") == ([], [])
 
 
@@ -171,10 +172,10 @@ def _random_graph(path: Path) -> Path:
 
 def test_parity_failure_reports_every_output_and_promotes_nothing(tmp_path):
     model = _random_graph(tmp_path / "random.pb")
-    o = export.ExportOptions(model=str(model), name="rnd", repo=str(tmp_path / "repo"), outputs=["y", "z"],
+    o = pipeline.ExportOptions(model=str(model), name="rnd", repo=str(tmp_path / "repo"), outputs=["y", "z"],
                              batch_sizes=[1])
     with pytest.raises(ParityError) as e:
-        export.export(o, quiet=True)
+        pipeline.export(o, quiet=True)
     msg = str(e.value)
     assert "1 of 2 outputs differ" in msg and "nothing was promoted" in msg
     table = msg.splitlines()[1:]
@@ -194,10 +195,10 @@ def test_unsafe_ops_refused_unless_allowed(tmp_path):
     model = tmp_path / "reader.pb"
     model.write_bytes(g.as_graph_def().SerializeToString())
     np.savez(tmp_path / "s.npz", path=np.array(str(model).encode()))
-    o = export.ExportOptions(model=str(model), name="r", repo=str(tmp_path / "repo"), outputs=["n"],
+    o = pipeline.ExportOptions(model=str(model), name="r", repo=str(tmp_path / "repo"), outputs=["n"],
                              batch_sizes=[1], samples=str(tmp_path / "s.npz"))
     with pytest.raises(GraphError, match=r"reader \(ReadFile\).*--allow_unsafe_ops"):
-        export.export(o, quiet=True)
+        pipeline.export(o, quiet=True)
     assert not (tmp_path / "repo" / "r").exists() or _numeric_and_staging(tmp_path / "repo/r") == ([], [])
 
 
@@ -212,14 +213,14 @@ def test_bad_options_fail_before_any_work(tiny_ckpt, tmp_path):
     ]
     for kw, exc, text in cases:
         name = kw.pop("name", "tiny")
-        o = export.ExportOptions(model=str(tiny_ckpt), name=name, repo=str(tmp_path / "r"), **kw)
+        o = pipeline.ExportOptions(model=str(tiny_ckpt), name=name, repo=str(tmp_path / "r"), **kw)
         with pytest.raises(exc, match=text):
-            export.export(o, quiet=True)
+            pipeline.export(o, quiet=True)
     assert not (tmp_path / "r").exists()
     with pytest.raises(VersionError, match="--version"):
-        paths.parse_version("latest")
+        layout.parse_version("latest")
     with pytest.raises(VersionError, match="out of range"):
-        paths.parse_version("0")
+        layout.parse_version("0")
 
 
 # ------------------------------------------------------------------ CLI and crash safety
@@ -253,7 +254,7 @@ def test_cli_export_and_user_errors(tiny_ckpt, tmp_path):
         err = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
         assert len(err) == 1 and text in err[0], p.stderr
         assert "Traceback" not in p.stderr
-    assert paths.list_versions(repo / "tiny") == [1]
+    assert layout.list_versions(repo / "tiny") == [1]
 
 
 def test_cli_help_lists_flags():
@@ -292,7 +293,7 @@ def test_sigkill_mid_export_leaves_no_version_and_next_run_cleans(tiny_ckpt, tmp
         if proc.poll() is None:
             proc.kill()
     assert _numeric_and_staging(repo / "tiny")[0] == []
-    r = export.export(_opts(tiny_ckpt, repo, batch_sizes=[1]), quiet=True)
+    r = pipeline.export(_opts(tiny_ckpt, repo, batch_sizes=[1]), quiet=True)
     assert r.version == 1
     assert _numeric_and_staging(repo / "tiny") == (["1"], [])
 
@@ -325,10 +326,10 @@ def test_frozen_graph_pinned_to_a_gpu_exports_on_cpu(tmp_path):
     assert any(n.device for n in gd.node)
     model = tmp_path / "pinned.pb"
     model.write_bytes(gd.SerializeToString())
-    r = export.export(export.ExportOptions(model=str(model), name="p", repo=str(tmp_path / "repo"), outputs=["y"],
+    r = pipeline.export(pipeline.ExportOptions(model=str(model), name="p", repo=str(tmp_path / "repo"), outputs=["y"],
                                            batch_sizes=[1]), quiet=True)
     assert r.build_info["parity"]["passed"]
-    from builder.inspection import saved_model_graph_defs
+    from builder.config.inspection import saved_model_graph_defs
 
     assert not any(n.device for n in saved_model_graph_defs(r.path)[0].node)
 
@@ -345,11 +346,11 @@ def test_checkpoint_with_resource_variables(tmp_path):
         tf.nn.softmax(tf.matmul(x, w), name="probs")
         sess.run(v1.global_variables_initializer())
         v1.train.Saver().save(sess, str(ckpt / "model.ckpt"), global_step=3)
-    r = export.export(export.ExportOptions(model=str(ckpt), name="res", repo=str(tmp_path / "repo"),
+    r = pipeline.export(pipeline.ExportOptions(model=str(ckpt), name="res", repo=str(tmp_path / "repo"),
                                            outputs=["probs"], batch_sizes=[1]), quiet=True)
     assert r.build_info["flow"] == "checkpoint" and r.build_info["parity"]["passed"]
     assert r.build_info["signature"]["inputs"]["features"]["shape"] == [-1, 4]
-    from builder.inspection import saved_model_graph_defs
+    from builder.config.inspection import saved_model_graph_defs
 
     ops = {n.op for n in saved_model_graph_defs(r.path)[0].node}
     assert not ops & {"VarHandleOp", "ReadVariableOp", "VariableV2"}
@@ -375,10 +376,10 @@ def test_savedmodel_needing_its_init_op_fails_clearly(tmp_path):
                                                                                       {"ids": ids})})
         b.save()
     np.savez(tmp_path / "s.npz", words=np.array([b"a", b"b", b"z"]))
-    o = export.ExportOptions(model=str(sm), name="t", repo=str(tmp_path / "repo"), batch_sizes=[1],
+    o = pipeline.ExportOptions(model=str(sm), name="t", repo=str(tmp_path / "repo"), batch_sizes=[1],
                              samples=str(tmp_path / "s.npz"))
     with pytest.raises(GraphError, match="exported SavedModel does not run.*nothing was promoted"):
-        export.export(o, quiet=True)
+        pipeline.export(o, quiet=True)
     assert _numeric_and_staging(tmp_path / "repo" / "t") == ([], [])
 
 
@@ -388,6 +389,6 @@ def test_exchange_dirs_swaps_atomically(tmp_path):
     b.mkdir()
     (a / "f").write_text("new")
     (b / "f").write_text("old")
-    assert paths.exchange_dirs(a, b)  # Linux with glibc >= 2.28, as everywhere this runs
+    assert layout.exchange_dirs(a, b)  # Linux with glibc >= 2.28, as everywhere this runs
     assert (b / "f").read_text() == "new" and (a / "f").read_text() == "old"
-    assert not paths.exchange_dirs(tmp_path / "missing", b)
+    assert not layout.exchange_dirs(tmp_path / "missing", b)

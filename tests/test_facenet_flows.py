@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from builder import export, parity
+from builder.export import parity, pipeline
 
 FLAGS = dict(inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},
              input_alias={"input": "images"})
@@ -23,7 +23,7 @@ def test_facenet_example_exports_in_every_flow(facenet_tiny, flow, tmp_path):
     flags = dict(FLAGS)
     if flow == "savedmodel":  # inputs/outputs and their keys come from the signature
         flags = dict(feed={"phase_train": "false"})
-    r = export.export(export.ExportOptions(model=str(model), name="facenet", repo=str(tmp_path), flow=flow,
+    r = pipeline.export(pipeline.ExportOptions(model=str(model), name="facenet", repo=str(tmp_path), flow=flow,
                                            batch_sizes=[1, 3], **flags), quiet=True)
     info = r.build_info
     size, dim = facenet_tiny["image_size"], facenet_tiny["embedding_size"]
@@ -38,7 +38,7 @@ def test_facenet_example_exports_in_every_flow(facenet_tiny, flow, tmp_path):
 
 
 def export_graph_ops(path):
-    from builder.inspection import saved_model_graph_defs
+    from builder.config.inspection import saved_model_graph_defs
 
     return list(saved_model_graph_defs(path)[0].node)
 
@@ -46,9 +46,9 @@ def export_graph_ops(path):
 def test_wrong_phase_train_is_visible_in_embeddings(facenet_tiny, tmp_path):
     """A user who folds phase_train=true gets a model whose answers differ clearly."""
     kw = dict(model=str(facenet_tiny["checkpoint_dir"]), name="f", repo=str(tmp_path), batch_sizes=[1])
-    ok = export.export(export.ExportOptions(**kw, **FLAGS), quiet=True)
+    ok = pipeline.export(pipeline.ExportOptions(**kw, **FLAGS), quiet=True)
     x = np.load(ok.path / "assets.extra/golden.npz")["in/images"]
-    bad = export.export(export.ExportOptions(**kw, **{**FLAGS, "feed": {"phase_train": "true"}}), quiet=True)
+    bad = pipeline.export(pipeline.ExportOptions(**kw, **{**FLAGS, "feed": {"phase_train": "true"}}), quiet=True)
     a = parity.run_saved_model(ok.path, {"images": x})["embeddings"]
     b = parity.run_saved_model(bad.path, {"images": x})["embeddings"]
     cos = (a * b).sum(axis=1)

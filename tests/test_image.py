@@ -22,8 +22,8 @@ import dockerfile
 import models
 import pytest
 
-from builder import image
-from builder.errors import CompatibilityError, ConfigError, InputError, PublishError
+from builder.core.errors import CompatibilityError, ConfigError, InputError, PublishError
+from builder.deploy import image
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "build_serving_image"

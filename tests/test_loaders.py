@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import CKPT_FLAGS
 
-from builder import loaders
-from builder.errors import GraphError, InputError
+from builder.core.errors import GraphError, InputError
+from builder.load import loaders
 
 
 def _load(path, **kw):
@@ -213,7 +213,7 @@ def test_input_shapes_for_tensors_of_unknown_shape(tmp_path):
     m = loaders.load(pb, outputs=["y"])
     assert m.inputs[0].shape == []  # unknown: the export will ask for --input_shapes
     m.close()
-    from builder.parity import generate_samples
+    from builder.export.parity import generate_samples
 
     with pytest.raises(InputError, match=r"--input_shapes x=\?x"):
         generate_samples(m.inputs, 2)

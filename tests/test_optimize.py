@@ -8,9 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from builder import optimize
-from builder.errors import BuilderError, InputError, UnavailableError
-from builder.model import NormalizedModel, TensorInfo
+from builder.core.errors import BuilderError, InputError, UnavailableError
+from builder.core.model import NormalizedModel, TensorInfo
+from builder.optimize import cpu
 
 RNG = np.random.default_rng(0)
 
@@ -105,7 +105,7 @@ def run_graph(gd, feeds: dict, fetch: str = "embeddings:0"):
 
 
 def ops_of(gd) -> Counter:
-    from builder.compat import op_histogram
+    from builder.config.compat import op_histogram
 
     return op_histogram(gd)
 
@@ -115,7 +115,7 @@ def ops_of(gd) -> Counter:
 
 @pytest.mark.parametrize("opt,prec", [("none", "fp32"), ("cpu", "fp32")])
 def test_check_request_accepts_cpu_side_combinations(opt, prec):
-    optimize.check_request(opt, prec)  # no exception, no probe needed
+    cpu.check_request(opt, prec)  # no exception, no probe needed
 
 
 @pytest.mark.parametrize("opt,prec,words", [
@@ -128,7 +128,7 @@ def test_check_request_accepts_cpu_side_combinations(opt, prec):
 ])
 def test_check_request_rejects_bad_combinations_in_one_line(opt, prec, words):
     with pytest.raises(InputError) as e:
-        optimize.check_request(opt, prec)
+        cpu.check_request(opt, prec)
     msg = str(e.value)
     assert "\n" not in msg
     for w in words:
@@ -136,12 +136,12 @@ def test_check_request_rejects_bad_combinations_in_one_line(opt, prec, words):
 
 
 def test_check_request_tftrt_fails_here_before_any_work():
-    from builder import tftrt
+    from builder.optimize import tftrt
 
     if tftrt.probe_tensorrt()["available"]:
         pytest.skip("TensorRT is available here: the unavailable path cannot be shown")
     with pytest.raises(UnavailableError) as e:
-        optimize.check_request("tftrt", "fp16")
+        cpu.check_request("tftrt", "fp16")
     msg = str(e.value)
     assert "\n" not in msg and "--optimize tftrt" in msg
     assert "scripts/builder-gpu.Dockerfile" in msg and "libnvinfer.so.8" in msg
@@ -156,7 +156,7 @@ def test_cpu_optimizer_removes_conditionals_and_folds_batch_norm(v2):
     model = model_of(gd, run)
     before = type(gd)()
     before.CopyFrom(gd)
-    new, info = optimize.optimize_graph(model, "cpu")
+    new, info = cpu.optimize_graph(model, "cpu")
 
     assert model.graph_def == before  # the input model is untouched
     assert new is not model and new.graph_def is not model.graph_def
@@ -183,7 +183,7 @@ def test_cpu_optimizer_removes_conditionals_and_folds_batch_norm(v2):
 
 def test_cpu_optimizer_folds_feeds_that_are_still_placeholders():
     gd, run = conv_bn_graph()
-    new, info = optimize.optimize_graph(model_of(gd, run), "cpu")
+    new, info = cpu.optimize_graph(model_of(gd, run), "cpu")
     assert info["passes"][0] == {"name": "fold_feeds", "folded": ["phase_train"]}
     x = RNG.normal(size=(2, 12, 12, 3)).astype(np.float32)
     assert np.abs(run_graph(new.graph_def, {"input:0": x}) - run(x)).max() <= 1e-5
@@ -191,7 +191,7 @@ def test_cpu_optimizer_folds_feeds_that_are_still_placeholders():
 
 def test_depthwise_conv_batch_norm_is_folded():
     gd, run = conv_bn_graph(depthwise=True)
-    new, _ = optimize.optimize_graph(model_of(gd, run), "cpu")
+    new, _ = cpu.optimize_graph(model_of(gd, run), "cpu")
     ops = ops_of(new.graph_def)
     assert ops["DepthwiseConv2dNative"] == 1 and "FusedBatchNormV3" not in ops
     x = RNG.normal(size=(3, 12, 12, 3)).astype(np.float32)
@@ -201,7 +201,7 @@ def test_depthwise_conv_batch_norm_is_folded():
 def test_none_is_an_identity_copy():
     gd, run = conv_bn_graph()
     model = model_of(gd, run)
-    new, info = optimize.optimize_graph(model, "none")
+    new, info = cpu.optimize_graph(model, "none")
     assert new.graph_def is not model.graph_def
     assert new.graph_def == model.graph_def  # message equality (map order is not stable in bytes)
     assert info["passes"] == [] and info["op_delta"] == {}
@@ -213,7 +213,7 @@ def test_optimized_graph_reimports_and_uses_only_public_registered_ops():
     from tensorflow.python.framework import op_def_registry
 
     gd, run = conv_bn_graph()
-    new, _ = optimize.optimize_graph(model_of(gd, run), "cpu")
+    new, _ = cpu.optimize_graph(model_of(gd, run), "cpu")
     for op in ops_of(new.graph_def):
         assert op_def_registry.get(op) is not None and not op.startswith("_"), op
     with tf.Graph().as_default() as g:
@@ -229,7 +229,7 @@ def test_check_standard_graph_rejects_internal_fused_ops():
     from tensorflow.python.grappler import tf_optimizer
 
     gd, run = conv_bn_graph()
-    new, _ = optimize.optimize_graph(model_of(gd, run), "cpu")
+    new, _ = cpu.optimize_graph(model_of(gd, run), "cpu")
     mg = meta_graph_pb2.MetaGraphDef()
     mg.graph_def.CopyFrom(new.graph_def)
     for n in mg.graph_def.node:
@@ -241,14 +241,14 @@ def test_check_standard_graph_rejects_internal_fused_ops():
     fused = tf_optimizer.OptimizeGraph(cfg, mg, verbose=False)
     assert any(n.op.startswith("_Fused") for n in fused.node)
     with pytest.raises(BuilderError, match="non-standard ops.*_Fused"):
-        optimize.check_standard_graph(fused)
+        cpu.check_standard_graph(fused)
     assert tf.__version__.startswith("2.17")
 
 
 def test_optimize_graph_refuses_cpu_reduced_precision():
     gd, run = conv_bn_graph()
     with pytest.raises(InputError, match="--precision bf16"):
-        optimize.optimize_graph(model_of(gd, run), "cpu", "bf16")
+        cpu.optimize_graph(model_of(gd, run), "cpu", "bf16")
 
 
 # --------------------------------------------------------------------------- fold patterns
@@ -269,12 +269,12 @@ def _frozen(build):
 def _fold_and_compare(gd, out_rank=4):
     inputs = [TensorInfo("x", "input:0", "float32", [None, 6, 6, 4])]
     outputs = [TensorInfo("y", "out:0", "float32", [None] * out_rank)]
-    folded, stats = optimize.fold_batch_norms(gd, keep=["out", "input"], protected={"out"})
+    folded, stats = cpu.fold_batch_norms(gd, keep=["out", "input"], protected={"out"})
     x = RNG.normal(size=(3, 6, 6, 4)).astype(np.float32)
     ref = run_graph(gd, {"input:0": x}, "out:0")
     got = run_graph(folded, {"input:0": x}, "out:0")
     assert np.abs(got - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max()))
-    optimize.check_standard_graph(folded, inputs, outputs)
+    cpu.check_standard_graph(folded, inputs, outputs)
     return folded, stats
 
 
@@ -349,7 +349,7 @@ def test_fold_never_consumes_a_signature_output():
         y = tf.nn.conv2d(x, W, 1, "SAME", name="features")
         tf.identity(y * C, name="out")
     gd = g.as_graph_def()
-    folded, stats = optimize.fold_batch_norms(gd, keep=["out", "features", "input"],
+    folded, stats = cpu.fold_batch_norms(gd, keep=["out", "features", "input"],
                                               protected={"out", "features"})
     assert stats["total"] == 0
     assert {n.name for n in folded.node} >= {"features", "out"}
@@ -359,14 +359,14 @@ def test_fold_never_consumes_a_signature_output():
 
 
 def test_cpu_optimizer_on_the_tiny_facenet_example(facenet_tiny):
-    from builder import loaders
+    from builder.load import loaders
 
     size = facenet_tiny["image_size"]
     model = loaders.load(facenet_tiny["frozen"], "frozen", inputs=["input"], outputs=["embeddings"],
                          feeds={"phase_train": "false"}, input_alias={"input": "images"},
                          input_shapes={"input": [None, size, size, 3]})
     try:
-        new, info = optimize.optimize_graph(model, "cpu")
+        new, info = cpu.optimize_graph(model, "cpu")
         ops = ops_of(new.graph_def)
         assert not set(ops) & {"Switch", "Merge", "FusedBatchNormV3", "RandomUniform"}
         assert ops["Conv2D"] == ops_of(model.graph_def)["Conv2D"]
@@ -381,7 +381,7 @@ def test_cpu_optimizer_on_the_tiny_facenet_example(facenet_tiny):
 
 @pytest.fixture(scope="module")
 def facenet_full(tmp_path_factory):
-    from builder.example import write_example
+    from builder.example.facenet import write_example
 
     return write_example(tmp_path_factory.mktemp("facenet_full") / "example", tiny=False, log=None)
 
@@ -394,9 +394,9 @@ def test_cpu_export_of_full_facenet_keeps_fp32_parity_and_loads_like_tf_serving(
     import tensorflow as tf
     from tensorflow.python.framework import op_def_registry
 
-    from builder import export, parity
+    from builder.export import parity, pipeline
 
-    r = export.export(export.ExportOptions(
+    r = pipeline.export(pipeline.ExportOptions(
         model=str(facenet_full["checkpoint_dir"]), flow="checkpoint", name="facenet",
         repo=str(tmp_path), inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},
         input_alias={"input": "images"}, input_shapes={"input": "?x160x160x3"}, optimize="cpu",

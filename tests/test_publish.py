@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import registry_servers as rs
 
-from builder import paths, publish
-from builder.errors import ConfigError, InputError, PublishError
+from builder.core import layout
+from builder.core.errors import ConfigError, InputError, PublishError
+from builder.publish import api
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +44,10 @@ def _sha(b: bytes) -> str:
 
 def test_publish_to_directory_copies_every_file_with_manifest(repo, tmp_path):
     out = tmp_path / "serving"
-    r = publish.publish(str(repo), "tiny", str(out))
+    r = api.publish(str(repo), "tiny", str(out))
     assert (r.action, r.version) == ("published", 2)  # latest = newest
     pub, src = out / "tiny" / "2", repo / "tiny" / "2"
-    assert paths.list_versions(out / "tiny") == [2]
+    assert layout.list_versions(out / "tiny") == [2]
     assert [c.name for c in (out / "tiny").iterdir()] == ["2"]  # no staging left behind
     # the manifest was written into the local version too, and both copies are byte-identical
     assert _tree(pub) == _tree(src)
@@ -57,27 +58,27 @@ def test_publish_to_directory_copies_every_file_with_manifest(repo, tmp_path):
         assert man["files"][rel] == {"sha256": _sha(data), "bytes": len(data)}
     assert "variables" in man["dirs"]
     assert r.content_digest == man["content_digest"] and r.files == 6
-    assert publish.verify(str(pub)).digest() == r.content_digest
+    assert api.verify(str(pub)).digest() == r.content_digest
     assert_serves_golden(pub)
 
 
 def test_republish_identical_is_a_noop(repo, tmp_path):
     out = tmp_path / "serving"
-    publish.publish(str(repo), "tiny", f"file://{out}")
+    api.publish(str(repo), "tiny", f"file://{out}")
     before = {p: p.stat().st_mtime_ns for p in (out / "tiny" / "2").rglob("*")}
-    r = publish.publish(str(repo), "tiny", str(out), version=2)
+    r = api.publish(str(repo), "tiny", str(out), version=2)
     assert r.action == "unchanged"
     assert {p: p.stat().st_mtime_ns for p in (out / "tiny" / "2").rglob("*")} == before
 
 
 def test_refuses_to_overwrite_a_different_version(repo, tmp_path):
     out = tmp_path / "serving"
-    publish.publish(str(repo), "tiny", str(out))
+    api.publish(str(repo), "tiny", str(out))
     before = _tree(out / "tiny" / "2")
     other = tmp_path / "other"
     rs.make_version(other, "tiny", 2, seed=7)  # same number, different weights
     with pytest.raises(PublishError, match=r"tiny/2 already exists with different content"):
-        publish.publish(str(other), "tiny", str(out))
+        api.publish(str(other), "tiny", str(out))
     assert _tree(out / "tiny" / "2") == before
     assert [c.name for c in (out / "tiny").iterdir()] == ["2"]
 
@@ -87,46 +88,46 @@ def test_latest_must_have_passed_parity(repo, tmp_path):
     out = tmp_path / "serving"
     with pytest.raises(PublishError, match=r"tiny/3/assets.extra/build_info.json does not record a "
                                            r"passed parity.*--version 2"):
-        publish.publish(str(repo), "tiny", str(out))
+        api.publish(str(repo), "tiny", str(out))
     assert not out.exists()
     assert not (repo / "tiny" / "3" / "assets.extra" / "manifest.json").exists()
-    assert publish.publish(str(repo), "tiny", str(out), version="2").action == "published"
+    assert api.publish(str(repo), "tiny", str(out), version="2").action == "published"
 
 
 def test_refuses_version_without_build_info_and_unknown_version(repo, tmp_path):
     (repo / "tiny" / "2" / "assets.extra" / "build_info.json").unlink()
     with pytest.raises(PublishError, match=r"build_info.json is missing"):
-        publish.publish(str(repo), "tiny", str(tmp_path / "o"))
+        api.publish(str(repo), "tiny", str(tmp_path / "o"))
     with pytest.raises(InputError, match=r"--version 9: .* has versions 1, 2"):
-        publish.publish(str(repo), "tiny", str(tmp_path / "o"), version=9)
+        api.publish(str(repo), "tiny", str(tmp_path / "o"), version=9)
     with pytest.raises(InputError, match=r"--keep 'x' is not an integer"):
-        publish.publish(str(repo), "tiny", str(tmp_path / "o"), keep="x")
+        api.publish(str(repo), "tiny", str(tmp_path / "o"), keep="x")
     assert not (tmp_path / "o").exists()
 
 
 def test_local_version_edited_after_its_manifest_is_refused(repo, tmp_path):
-    publish.publish(str(repo), "tiny", str(tmp_path / "a"))
+    api.publish(str(repo), "tiny", str(tmp_path / "a"))
     with open(repo / "tiny" / "2" / "variables" / "variables.index", "ab") as f:
         f.write(b"x")
     with pytest.raises(PublishError, match=r"no longer matches its assets.extra/manifest.json "
                                            r"\(changed: variables/variables.index\)"):
-        publish.publish(str(repo), "tiny", str(tmp_path / "b"))
+        api.publish(str(repo), "tiny", str(tmp_path / "b"))
     assert not (tmp_path / "b").exists()
 
 
 def test_verify_finds_changed_missing_and_extra_files(repo, tmp_path):
     out = tmp_path / "serving"
-    publish.publish(str(repo), "tiny", str(out))
+    api.publish(str(repo), "tiny", str(out))
     pub = out / "tiny" / "2"
     data = bytearray((pub / "variables" / "variables.data-00000-of-00001").read_bytes())
     data[-1] ^= 0xFF  # same size, one bit pattern different
     (pub / "variables" / "variables.data-00000-of-00001").write_bytes(bytes(data))
     with pytest.raises(PublishError, match=r"variables.data-00000-of-00001 has sha256"):
-        publish.verify(str(pub))
+        api.verify(str(pub))
     (pub / "assets.extra" / "golden.npz").unlink()
     (pub / "extra.txt").write_text("x")
     with pytest.raises(PublishError) as e:
-        publish.verify(str(pub))
+        api.verify(str(pub))
     assert "golden.npz is missing" in str(e.value) and "extra.txt is not in the manifest" in str(e.value)
     res = run_cli("verify", str(pub))
     assert res.returncode == 2
@@ -138,39 +139,39 @@ def test_retention_keeps_newest_and_labelled_versions(tmp_path):
     repo, out = tmp_path / "repo", tmp_path / "serving"
     for v in (1, 2, 3, 4):
         rs.make_version(repo, "tiny", v, seed=v)
-        publish.publish(str(repo), "tiny", str(out), version=v)
+        api.publish(str(repo), "tiny", str(out), version=v)
     cfg = tmp_path / "models.config"
     cfg.write_text('model_config_list { config { name: "tiny" base_path: "/models/tiny" '
                    'model_platform: "tensorflow" version_labels { key: "stable" value: 1 } } '
                    'config { name: "other" base_path: "/models/other" model_platform: "tensorflow" '
                    'version_labels { key: "stable" value: 3 } } }')
-    r = publish.publish(str(repo), "tiny", str(out), keep=1, models_config=str(cfg), dry_run=True)
+    r = api.publish(str(repo), "tiny", str(out), keep=1, models_config=str(cfg), dry_run=True)
     assert (r.action, r.deleted) == ("unchanged", [2, 3])
-    assert paths.list_versions(out / "tiny") == [1, 2, 3, 4]  # dry run deletes nothing
-    r = publish.publish(str(repo), "tiny", str(out), keep=2, models_config=str(cfg))
+    assert layout.list_versions(out / "tiny") == [1, 2, 3, 4]  # dry run deletes nothing
+    r = api.publish(str(repo), "tiny", str(out), keep=2, models_config=str(cfg))
     assert r.deleted == [2]
-    assert paths.list_versions(out / "tiny") == [1, 3, 4]
+    assert layout.list_versions(out / "tiny") == [1, 3, 4]
     assert [c.name for c in (out / "tiny").iterdir() if c.name.startswith(".")] == []
     for v in (1, 3, 4):
-        publish.verify(str(out / "tiny" / str(v)))
+        api.verify(str(out / "tiny" / str(v)))
 
 
 def test_models_config_errors_stop_before_anything_is_written(repo, tmp_path):
     cfg = tmp_path / "models.config"
     cfg.write_text('model_config_list { config { name: "other" base_path: "/m/other" } }')
     with pytest.raises(ConfigError, match=r"--models_config .* has no model named 'tiny' \(it has: other\)"):
-        publish.publish(str(repo), "tiny", str(tmp_path / "o"), keep=1, models_config=str(cfg))
+        api.publish(str(repo), "tiny", str(tmp_path / "o"), keep=1, models_config=str(cfg))
     cfg.write_text("model_config_list { config { name: ")
     with pytest.raises(ConfigError, match=r"--models_config .* is not a ModelServerConfig"):
-        publish.publish(str(repo), "tiny", str(tmp_path / "o"), keep=1, models_config=str(cfg))
+        api.publish(str(repo), "tiny", str(tmp_path / "o"), keep=1, models_config=str(cfg))
     with pytest.raises(InputError, match=r"--models_config .*nope.config: cannot read it"):
-        publish.publish(str(repo), "tiny", str(tmp_path / "o"), models_config=str(tmp_path / "nope.config"))
+        api.publish(str(repo), "tiny", str(tmp_path / "o"), models_config=str(tmp_path / "nope.config"))
     assert not (tmp_path / "o").exists()
     assert not (repo / "tiny" / "2" / "assets.extra" / "manifest.json").exists()
 
 
 def test_dry_run_writes_nothing(repo, tmp_path):
-    r = publish.publish(str(repo), "tiny", str(tmp_path / "o"), dry_run=True)
+    r = api.publish(str(repo), "tiny", str(tmp_path / "o"), dry_run=True)
     assert r.action == "dry-run" and r.files == 6
     assert not (tmp_path / "o").exists()
     assert not (repo / "tiny" / "2" / "assets.extra" / "manifest.json").exists()
@@ -207,7 +208,7 @@ def test_missing_extras_name_the_pip_install(repo, tmp_path):
 
 def test_credentials_in_target_url_are_refused_without_echo(repo):
     with pytest.raises(PublishError) as e:
-        publish.publish(str(repo), "tiny", "s3://AKIAX:hunter2secret@bucket/models")
+        api.publish(str(repo), "tiny", "s3://AKIAX:hunter2secret@bucket/models")
     assert "hunter2secret" not in str(e.value) and "credentials in the URL are refused" in str(e.value)
 
 
@@ -225,7 +226,7 @@ def _objects(s3_server: rs.SeaweedS3, url: str) -> dict[str, int]:
 
 
 def test_s3_publish_verify_and_noop(repo, s3, s3_server, tmp_path):
-    r = publish.publish(str(repo), "tiny", s3, version=1)
+    r = api.publish(str(repo), "tiny", s3, version=1)
     assert (r.action, r.target) == ("published", f"{s3}/tiny/1")
     local = _tree(repo / "tiny" / "1")
     objs = _objects(s3_server, s3)
@@ -233,8 +234,8 @@ def test_s3_publish_verify_and_noop(repo, s3, s3_server, tmp_path):
     fs = s3_server.fs()
     for rel, data in local.items():
         assert fs.cat_file(f"{s3[5:]}/tiny/1/{rel}") == data
-    assert publish.verify(f"{s3}/tiny/1").digest() == r.content_digest
-    assert publish.publish(str(repo), "tiny", s3, version=1).action == "unchanged"
+    assert api.verify(f"{s3}/tiny/1").digest() == r.content_digest
+    assert api.publish(str(repo), "tiny", s3, version=1).action == "unchanged"
     # download it like a fleet syncing the bucket: it serves
     dl = tmp_path / "dl"
     fs.get(f"{s3[5:]}/tiny/1", str(dl), recursive=True)
@@ -243,13 +244,13 @@ def test_s3_publish_verify_and_noop(repo, s3, s3_server, tmp_path):
 
 def test_s3_conflict_tamper_and_retention(repo, s3, s3_server, tmp_path):
     for v in (1, 2):
-        publish.publish(str(repo), "tiny", s3, version=v)
+        api.publish(str(repo), "tiny", s3, version=v)
     other = tmp_path / "other"
     rs.make_version(other, "tiny", 2, seed=9)
     with pytest.raises(PublishError, match=r"tiny/2 already exists with different content"):
-        publish.publish(str(other), "tiny", s3)
+        api.publish(str(other), "tiny", s3)
     rs.make_version(repo, "tiny", 3, seed=3)
-    r = publish.publish(str(repo), "tiny", s3, keep=1)
+    r = api.publish(str(repo), "tiny", s3, keep=1)
     assert (r.version, r.deleted) == (3, [1, 2])
     assert sorted({k.split("/")[1] for k in _objects(s3_server, s3)}) == ["3"]
     fs = s3_server.fs()
@@ -258,19 +259,19 @@ def test_s3_conflict_tamper_and_retention(repo, s3, s3_server, tmp_path):
     data[10] ^= 1
     fs.pipe_file(key, bytes(data))
     with pytest.raises(PublishError, match=r"tiny/3/assets.extra/golden.npz has sha256"):
-        publish.verify(f"{s3}/tiny/3")
+        api.verify(f"{s3}/tiny/3")
 
 
 def test_s3_labels_protect_versions(repo, s3, tmp_path):
     rs.make_version(repo, "tiny", 3, seed=3)
     for v in (1, 2, 3):
-        publish.publish(str(repo), "tiny", s3, version=v)
+        api.publish(str(repo), "tiny", s3, version=v)
     cfg = tmp_path / "models.config"
     cfg.write_text('model_config_list { config { name: "tiny" base_path: "s3://x/tiny" '
                    'version_labels { key: "canary" value: 1 } } }')
-    r = publish.publish(str(repo), "tiny", s3, keep=1, models_config=str(cfg))
+    r = api.publish(str(repo), "tiny", s3, keep=1, models_config=str(cfg))
     assert r.deleted == [2]
-    from builder.publish_store import open_target
+    from builder.publish.targets.store import open_target
 
     assert open_target(s3).versions("tiny") == [1, 3]
 
@@ -279,7 +280,7 @@ def test_s3_wrong_secret_and_missing_bucket(repo, s3, s3_server, monkeypatch):
     wrong = "WRONG-" + s3_server.secret_key[::-1]
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
     with pytest.raises(PublishError, match=r"access denied|does not exist") as e:
-        publish.publish(str(repo), "tiny", s3)
+        api.publish(str(repo), "tiny", s3)
     assert wrong not in str(e.value)
     res = run_cli("publish", "--repo", str(repo), "--name", "tiny", "--to", s3)
     assert res.returncode == 2
@@ -287,7 +288,7 @@ def test_s3_wrong_secret_and_missing_bucket(repo, s3, s3_server, monkeypatch):
     assert len(res.stderr.strip().splitlines()) == 1
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     with pytest.raises(PublishError, match=r"bucket 'no-such-bucket' does not exist"):
-        publish.publish(str(repo), "tiny", "s3://no-such-bucket/models")
+        api.publish(str(repo), "tiny", "s3://no-such-bucket/models")
     assert _objects(s3_server, s3) == {}
 
 

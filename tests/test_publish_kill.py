@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import registry_servers as rs
 
-from builder import paths, publish
-from builder.errors import PublishError
-from builder.publish_store import open_target
+from builder.core import layout
+from builder.core.errors import PublishError
+from builder.publish import api
+from builder.publish.targets.store import open_target
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,9 +78,9 @@ def _publish_args(repo: Path, to: str, version: int, keep: int = 0) -> list[str]
 
 def local_visible(out: Path) -> list[int]:
     """Every numeric directory is a complete, verified version (what a poller may load)."""
-    versions = paths.list_versions(out / "tiny")
+    versions = layout.list_versions(out / "tiny")
     for v in versions:
-        publish.verify(str(out / "tiny" / str(v)))
+        api.verify(str(out / "tiny" / str(v)))
     return versions
 
 
@@ -104,7 +105,7 @@ LOCAL_STEPS = ["local-partial", "local-staged", "retention"]
 @pytest.mark.parametrize("step", LOCAL_STEPS)
 def test_filesystem_kill_at_step_then_rerun(step, template_repo, tmp_path):
     out = tmp_path / "serving"
-    publish.publish(str(template_repo), "tiny", str(out), version=1)  # the old state
+    api.publish(str(template_repo), "tiny", str(out), version=1)  # the old state
     keep = 1 if step == "retention" else 0
     p = _start(_publish_args(template_repo, str(out), 2, keep),
                {"TFS_BUILDER_TEST_PAUSE_AT": step, "TFS_BUILDER_TEST_PAUSE_SECONDS": "120"})
@@ -134,7 +135,7 @@ def test_filesystem_kill_at_step_then_rerun(step, template_repo, tmp_path):
 def test_filesystem_random_kills_never_show_a_partial_version(template_repo, tmp_path):
     rng = random.Random(1234)
     out = tmp_path / "serving"
-    publish.publish(str(template_repo), "tiny", str(out), version=1)
+    api.publish(str(template_repo), "tiny", str(out), version=1)
     outcomes = []
     for _ in range(5):
         # copying takes >= 6 x 0.15 s; the kill lands at a random moment inside that window
@@ -169,7 +170,7 @@ def test_s3_kill_at_step_then_rerun(step, template_repo, s3_server, monkeypatch)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     url = f"s3://{s3_server.bucket}/kill-{uuid.uuid4().hex[:8]}"
-    publish.publish(str(template_repo), "tiny", url, version=1)
+    api.publish(str(template_repo), "tiny", url, version=1)
     keep = 1 if step == "retention" else 0
     p = _start(_publish_args(template_repo, url, 2, keep),
                {**env, "TFS_BUILDER_TEST_PAUSE_AT": step, "TFS_BUILDER_TEST_PAUSE_SECONDS": "120"})
@@ -210,7 +211,7 @@ def test_s3_random_kills_never_show_an_incomplete_loadable_version(template_repo
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     url = f"s3://{s3_server.bucket}/rkill-{uuid.uuid4().hex[:8]}"
-    publish.publish(str(template_repo), "tiny", url, version=1)
+    api.publish(str(template_repo), "tiny", url, version=1)
     rng = random.Random(99)
     killed = 0
     for _ in range(5):
@@ -236,7 +237,7 @@ def test_s3_random_kills_never_show_an_incomplete_loadable_version(template_repo
 def test_verify_rejects_what_a_kill_test_would_miss(template_repo, tmp_path):
     """The invariant checker itself fails on a partial numeric directory (it can fail)."""
     out = tmp_path / "serving"
-    publish.publish(str(template_repo), "tiny", str(out), version=1)
+    api.publish(str(template_repo), "tiny", str(out), version=1)
     partial = out / "tiny" / "3"
     partial.mkdir()
     (partial / "saved_model.pb").write_bytes((out / "tiny" / "1" / "saved_model.pb").read_bytes())
@@ -253,7 +254,7 @@ def test_version_appearing_during_publish_is_never_overwritten(template_repo, tm
         _wait_for_pause(p, "local-staged")
         rival = tmp_path / "rival"
         rs.make_version(rival, "tiny", 2, seed=8)
-        publish.publish(str(rival), "tiny", str(out), version=2)  # lands first
+        api.publish(str(rival), "tiny", str(out), version=2)  # lands first
         _out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:

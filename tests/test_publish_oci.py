@@ -22,9 +22,11 @@ import pytest
 import registry_servers as rs
 import requests
 
-from builder import paths, publish, publish_oci
-from builder.errors import InputError, PublishError
-from builder.publish_manifest import compute_manifest
+from builder.core import layout
+from builder.core.errors import InputError, PublishError
+from builder.publish import api
+from builder.publish.manifest import compute_manifest
+from builder.publish.targets import oci as oci_target
 
 ROOT = Path(__file__).resolve().parents[1]
 _tree = rs.tree
@@ -60,11 +62,11 @@ def _raw_manifest(registry: rs.OciRegistry, oci: str, ref: str) -> requests.Resp
     repo = oci.split("/", 3)[3].split(":")[0]
     return requests.get(f"http://{registry.host}/v2/{repo}/manifests/{ref}",
                         auth=(registry.user, registry.password), timeout=10,
-                        headers={"Accept": publish_oci.MANIFEST_MEDIA_TYPE})
+                        headers={"Accept": oci_target.MANIFEST_MEDIA_TYPE})
 
 
 def test_push_records_annotations_and_pull_restores_a_serving_version(repo, oci, registry, tmp_path):
-    r = publish.publish(str(repo), "tiny", oci)
+    r = api.publish(str(repo), "tiny", oci)
     assert (r.action, r.target) == ("published", f"{oci}:tiny-2")
     raw = _raw_manifest(registry, oci, "tiny-2")
     assert raw.status_code == 200
@@ -80,7 +82,7 @@ def test_push_records_annotations_and_pull_restores_a_serving_version(repo, oci,
     assert ann["io.tfs-builder.source-digest"].startswith("sha256:")
     assert ann["io.tfs-builder.content-digest"] == r.content_digest
     assert ann["org.opencontainers.image.created"] == info["created"]
-    assert man["config"]["mediaType"] == publish_oci.CONFIG_MEDIA_TYPE
+    assert man["config"]["mediaType"] == oci_target.CONFIG_MEDIA_TYPE
     (layer,) = man["layers"]
     assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
     assert layer["annotations"]["org.opencontainers.image.title"] == "2"
@@ -91,55 +93,55 @@ def test_push_records_annotations_and_pull_restores_a_serving_version(repo, oci,
         names = {m.name for m in t.getmembers() if m.isfile()}
     assert names == {f"2/{k}" for k in _tree(repo / "tiny" / "2")}
 
-    pulled = publish.pull(f"{oci}:tiny-2", str(tmp_path / "serving"))
+    pulled = api.pull(f"{oci}:tiny-2", str(tmp_path / "serving"))
     assert (pulled.action, pulled.name, pulled.version) == ("pulled", "tiny", 2)
     assert _tree(tmp_path / "serving" / "tiny" / "2") == _tree(repo / "tiny" / "2")
     assert [c.name for c in (tmp_path / "serving").iterdir()] == ["tiny"]  # no staging left
     assert_serves_golden(tmp_path / "serving" / "tiny" / "2")
-    assert publish.verify(f"{oci}:tiny-2").digest() == r.content_digest
+    assert api.verify(f"{oci}:tiny-2").digest() == r.content_digest
     # by digest too, and again: identical content is a no-op
-    assert publish.pull(f"{oci}@{r.oci_digest}", str(tmp_path / "serving")).action == "unchanged"
+    assert api.pull(f"{oci}@{r.oci_digest}", str(tmp_path / "serving")).action == "unchanged"
 
 
 def test_republish_is_noop_and_conflicting_tag_is_refused(repo, oci, registry, tmp_path):
-    first = publish.publish(str(repo), "tiny", oci, version=2)
-    again = publish.publish(str(repo), "tiny", oci, version=2)
+    first = api.publish(str(repo), "tiny", oci, version=2)
+    again = api.publish(str(repo), "tiny", oci, version=2)
     assert again.action == "unchanged" and again.oci_digest == first.oci_digest
     other = tmp_path / "other"
     rs.make_version(other, "tiny", 2, seed=5)
     with pytest.raises(PublishError, match=r"tiny-2 already holds different content"):
-        publish.publish(str(other), "tiny", oci)
+        api.publish(str(other), "tiny", oci)
     assert _raw_manifest(registry, oci, "tiny-2").headers["Docker-Content-Digest"] == first.oci_digest
     # pull refuses to replace a different local version 2, and leaves it alone
     rs.make_version(tmp_path / "serving", "tiny", 2, seed=6)
     before = _tree(tmp_path / "serving" / "tiny" / "2")
     with pytest.raises(PublishError, match=r"tiny/2 already exists with different content"):
-        publish.pull(f"{oci}:tiny-2", str(tmp_path / "serving"))
+        api.pull(f"{oci}:tiny-2", str(tmp_path / "serving"))
     assert _tree(tmp_path / "serving" / "tiny" / "2") == before
     assert sorted(c.name for c in (tmp_path / "serving" / "tiny").iterdir()) == ["2"]
 
 
 def test_pull_with_name_and_version_overrides_and_default_tag(repo, oci, tmp_path):
-    publish.publish(str(repo), "tiny", oci, version=1)
-    r = publish.pull(oci, str(tmp_path / "s"), name="tiny", version=1)  # no tag: NAME-VERSION
+    api.publish(str(repo), "tiny", oci, version=1)
+    r = api.pull(oci, str(tmp_path / "s"), name="tiny", version=1)  # no tag: NAME-VERSION
     assert r.path == tmp_path / "s" / "tiny" / "1"
-    r = publish.pull(f"{oci}:tiny-1", str(tmp_path / "s"), name="renamed", version=7)
+    r = api.pull(f"{oci}:tiny-1", str(tmp_path / "s"), name="renamed", version=7)
     assert r.path == tmp_path / "s" / "renamed" / "7"
     assert _tree(r.path) == _tree(repo / "tiny" / "1")
     with pytest.raises(InputError, match=r"has no tag: add :TAG, or pass --name and --version"):
-        publish.pull(oci, str(tmp_path / "s"))
+        api.pull(oci, str(tmp_path / "s"))
     with pytest.raises(PublishError, match=r"tiny-9 does not exist"):
-        publish.pull(f"{oci}:tiny-9", str(tmp_path / "s"))
+        api.pull(f"{oci}:tiny-9", str(tmp_path / "s"))
 
 
 def test_oci_retention_deletes_old_tags_but_not_labelled(repo, oci, registry, tmp_path):
     rs.make_version(repo, "tiny", 3, seed=3)
     for v in (1, 2):
-        publish.publish(str(repo), "tiny", oci, version=v)
+        api.publish(str(repo), "tiny", oci, version=v)
     cfg = tmp_path / "models.config"
     cfg.write_text('model_config_list { config { name: "tiny" base_path: "/m/tiny" '
                    'version_labels { key: "stable" value: 1 } } }')
-    r = publish.publish(str(repo), "tiny", oci, keep=1, models_config=str(cfg))
+    r = api.publish(str(repo), "tiny", oci, keep=1, models_config=str(cfg))
     assert (r.version, r.deleted) == (3, [2])
     assert _raw_manifest(registry, oci, "tiny-2").status_code == 404
     assert _raw_manifest(registry, oci, "tiny-1").status_code == 200
@@ -151,7 +153,7 @@ def test_credentials_errors_are_fast_and_never_printed(repo, oci, registry, monk
     monkeypatch.setenv("ORAS_PASSWORD", wrong)
     t0 = time.monotonic()
     with pytest.raises(PublishError, match=r"rejected the credentials \(HTTP 401\)") as e:
-        publish.publish(str(repo), "tiny", oci)
+        api.publish(str(repo), "tiny", oci)
     assert time.monotonic() - t0 < 10
     assert wrong not in str(e.value) and registry.password not in str(e.value)
     res = run_cli("publish", "--repo", str(repo), "--name", "tiny", "--to", oci,
@@ -161,7 +163,7 @@ def test_credentials_errors_are_fast_and_never_printed(repo, oci, registry, monk
     monkeypatch.delenv("ORAS_USERNAME")
     monkeypatch.delenv("ORAS_PASSWORD")
     with pytest.raises(PublishError, match=r"requires credentials: set ORAS_USERNAME and ORAS_PASSWORD"):
-        publish.publish(str(repo), "tiny", oci)
+        api.publish(str(repo), "tiny", oci)
     # credentials from a docker config (what `docker login` writes) work too
     import base64
 
@@ -170,26 +172,26 @@ def test_credentials_errors_are_fast_and_never_printed(repo, oci, registry, monk
     tok = base64.b64encode(f"{registry.user}:{registry.password}".encode()).decode()
     (cfgdir / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": tok}}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(cfgdir))
-    assert publish.publish(str(repo), "tiny", oci).action == "published"
+    assert api.publish(str(repo), "tiny", oci).action == "published"
 
 
 def test_unreachable_registry_and_bad_references(repo, tmp_path):
     (port,) = rs.free_ports(1)
     t0 = time.monotonic()
     with pytest.raises(PublishError, match=rf"cannot reach registry 127.0.0.1:{port} over http"):
-        publish.publish(str(repo), "tiny", f"oci://127.0.0.1:{port}/models/x")
+        api.publish(str(repo), "tiny", f"oci://127.0.0.1:{port}/models/x")
     assert time.monotonic() - t0 < 10
     with pytest.raises(InputError, match=r"repository 'Models/X' is invalid"):
-        publish.publish(str(repo), "tiny", "oci://127.0.0.1:5000/Models/X")
+        api.publish(str(repo), "tiny", "oci://127.0.0.1:5000/Models/X")
     with pytest.raises(InputError) as e:
-        publish.publish(str(repo), "tiny", "oci://bob:s3cretpw@127.0.0.1:5000/models/x")
+        api.publish(str(repo), "tiny", "oci://bob:s3cretpw@127.0.0.1:5000/models/x")
     assert "s3cretpw" not in str(e.value) and "credentials in the URL are refused" in str(e.value)
     with pytest.raises(InputError, match=r"not a sha256 digest"):
-        publish.pull("oci://127.0.0.1:5000/models/x@sha256:abc", str(tmp_path))
+        api.pull("oci://127.0.0.1:5000/models/x@sha256:abc", str(tmp_path))
 
 
 def test_cli_pull_positional_and_from_flag(repo, oci, registry, tmp_path):
-    publish.publish(str(repo), "tiny", oci, version=1)
+    api.publish(str(repo), "tiny", oci, version=1)
     env = registry.env()
     res = run_cli("pull", f"{oci}:tiny-1", "--repo", str(tmp_path / "a"), env=env)
     assert res.returncode == 0, res.stderr
@@ -245,7 +247,7 @@ def test_safe_extract_refuses_hostile_archives(kind, tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(PublishError, match=msg):
-        publish_oci.safe_extract(layer, "2", dest)
+        oci_target.safe_extract(layer, "2", dest)
     assert not (tmp_path / "escape.txt").exists() and not Path("/tmp/abs-escape.txt").exists()
 
 
@@ -262,12 +264,12 @@ def test_pull_refuses_a_hostile_artefact_from_the_registry(oci, registry, tmp_pa
     client = oras.provider.Registry(hostname=registry.host, insecure=True, auth_backend="basic")
     client.auth.set_basic_auth(registry.user, registry.password)
     ref = oci[len("oci://"):] + ":tiny-2"
-    client.push(target=ref, files=[f"{layer}:{publish_oci.LAYER_MEDIA_TYPE}"],
-                manifest_config=f"{cfg}:{publish_oci.CONFIG_MEDIA_TYPE}",
+    client.push(target=ref, files=[f"{layer}:{oci_target.LAYER_MEDIA_TYPE}"],
+                manifest_config=f"{cfg}:{oci_target.CONFIG_MEDIA_TYPE}",
                 disable_path_validation=True, quiet=True)
     dest = tmp_path / "serving"
     with pytest.raises(PublishError, match=r"climbs out with '..': refusing the artefact"):
-        publish.pull(f"{oci}:tiny-2", str(dest))
+        api.pull(f"{oci}:tiny-2", str(dest))
     assert list(dest.rglob("*")) == []  # not even a staging directory is left
     assert not (tmp_path / "escape.txt").exists()
 
@@ -277,12 +279,12 @@ def test_tampered_artefact_is_refused_by_manifest_check(repo, oci, registry, tmp
     import oras.provider
 
     src = repo / "tiny" / "2"
-    publish.publish(str(repo), "tiny", str(tmp_path / "staged-src"))  # writes the local manifest
+    api.publish(str(repo), "tiny", str(tmp_path / "staged-src"))  # writes the local manifest
     m = compute_manifest(src)
     work = tmp_path / "w"
     work.mkdir()
     layer = work / "2"
-    publish_oci.write_layer(src, 2, m, layer)
+    oci_target.write_layer(src, 2, m, layer)
     with tarfile.open(layer, "r:gz") as t:
         members = [(mi, t.extractfile(mi).read() if mi.isfile() else None) for mi in t.getmembers()]
     tampered = []
@@ -293,20 +295,20 @@ def test_tampered_artefact_is_refused_by_manifest_check(repo, oci, registry, tmp
     layer.write_bytes(_tar_gz(tampered))
     client = oras.provider.Registry(hostname=registry.host, insecure=True, auth_backend="basic")
     client.auth.set_basic_auth(registry.user, registry.password)
-    client.push(target=oci[len("oci://"):] + ":tiny-2", files=[f"{layer}:{publish_oci.LAYER_MEDIA_TYPE}"],
-                manifest_config=f"{src / 'assets.extra' / 'build_info.json'}:{publish_oci.CONFIG_MEDIA_TYPE}",
+    client.push(target=oci[len("oci://"):] + ":tiny-2", files=[f"{layer}:{oci_target.LAYER_MEDIA_TYPE}"],
+                manifest_config=f"{src / 'assets.extra' / 'build_info.json'}:{oci_target.CONFIG_MEDIA_TYPE}",
                 disable_path_validation=True, quiet=True)
     with pytest.raises(PublishError, match=r"do not match the artefact's manifest \(variables/variables.index\)"):
-        publish.pull(f"{oci}:tiny-2", str(tmp_path / "serving"))
-    assert paths.list_versions(tmp_path / "serving" / "tiny") == []
+        api.pull(f"{oci}:tiny-2", str(tmp_path / "serving"))
+    assert layout.list_versions(tmp_path / "serving" / "tiny") == []
     with pytest.raises(PublishError):
-        publish.verify(f"{oci}:tiny-2")
+        api.verify(f"{oci}:tiny-2")
 
 
 def test_pull_subprocess_killed_before_rename_leaves_no_version(repo, oci, registry, tmp_path):
     import signal
 
-    publish.publish(str(repo), "tiny", oci, version=1)
+    api.publish(str(repo), "tiny", oci, version=1)
     env = {**os.environ, **registry.env(), "TFS_BUILDER_TEST_PAUSE_AT": "pull-extracted",
            "TFS_BUILDER_TEST_PAUSE_SECONDS": "60"}
     dest = tmp_path / "serving"
@@ -315,15 +317,15 @@ def test_pull_subprocess_killed_before_rename_leaves_no_version(repo, oci, regis
     try:
         line = p.stderr.readline()
         assert "paused at pull-extracted" in line
-        assert paths.list_versions(dest / "tiny") == []
+        assert layout.list_versions(dest / "tiny") == []
         p.send_signal(signal.SIGKILL)
         p.wait(10)
     finally:
         if p.poll() is None:
             p.kill()
-    assert paths.list_versions(dest / "tiny") == []
+    assert layout.list_versions(dest / "tiny") == []
     assert [c.name for c in dest.iterdir() if c.name.startswith(".staging-")]  # what a kill leaves
-    r = publish.pull(f"{oci}:tiny-1", str(dest))
+    r = api.pull(f"{oci}:tiny-1", str(dest))
     assert r.action == "pulled"
     assert [c.name for c in dest.iterdir()] == ["tiny"]  # the dead puller's staging was cleaned
-    publish.verify(str(dest / "tiny" / "1"))
+    api.verify(str(dest / "tiny" / "1"))

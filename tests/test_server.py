@@ -16,10 +16,10 @@ import grpc
 import numpy as np
 import pytest
 
-from builder import server as srv
 from builder.cli import main as cli_main
-from builder.errors import ConfigError, InputError, ServingError
-from builder.server import LOG_BEGIN, LOG_END, LocalServer, ModelEntry, RpcStatus
+from builder.core.errors import ConfigError, InputError, ServingError
+from builder.serve import server as srv
+from builder.serve.server import LOG_BEGIN, LOG_END, LocalServer, ModelEntry, RpcStatus
 from integration_tests.fixture_models import build_toy_version, sample_inputs, toy_reference, write_models_config
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +448,7 @@ def test_single_model_flags_and_unimplemented_apis(repo):
 
 
 def test_monitoring_config_serves_prometheus_metrics(repo, tmp_path):
-    from builder.batching import monitoring_config_text
+    from builder.config.companions import monitoring_config_text
 
     mon = tmp_path / "monitoring.config"
     mon.write_text(monitoring_config_text("/metrics"))

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder import tftrt
-from builder.errors import GraphError, InputError, UnavailableError
-from builder.model import TensorInfo
+from builder.core.errors import GraphError, InputError, UnavailableError
+from builder.core.model import TensorInfo
+from builder.optimize import tftrt
 
 IMAGES = TensorInfo("images", "input:0", "float32", [None, 16, 16, 3])
 
@@ -490,9 +490,9 @@ def test_restore_assets_extra_copies_what_save_dropped(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_gpu_tftrt_export_of_the_tiny_model(probe, tiny_frozen, tmp_path, precision):
     needs_gpu(probe)
-    from builder import export
+    from builder.export import pipeline
 
-    r = export.export(export.ExportOptions(
+    r = pipeline.export(pipeline.ExportOptions(
         model=str(tiny_frozen), name="tiny", repo=str(tmp_path), inputs=["input"],
         outputs=["embeddings"], optimize="tftrt", precision=precision, batch_sizes=[1, 8],
         trt={"minimum_segment_size": 2}), quiet=True)
@@ -509,8 +509,9 @@ def test_gpu_tftrt_export_of_the_tiny_model(probe, tiny_frozen, tmp_path, precis
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_gpu_tftrt_export_of_the_facenet_example(probe, facenet_tiny, tmp_path, precision):
     needs_gpu(probe)
-    from builder import compat, export
-    from builder.inspection import saved_model_graph_defs
+    from builder.config import compat
+    from builder.config.inspection import saved_model_graph_defs
+    from builder.export import pipeline
 
     size = facenet_tiny["image_size"]
     trt: dict = {}
@@ -518,7 +519,7 @@ def test_gpu_tftrt_export_of_the_facenet_example(probe, facenet_tiny, tmp_path, 
         calib = tmp_path / "calib.npz"
         np.savez(calib, images=np.random.default_rng(0).normal(size=(32, size, size, 3)).astype(np.float32))
         trt["calibration_data"] = str(calib)
-    r = export.export(export.ExportOptions(
+    r = pipeline.export(pipeline.ExportOptions(
         model=str(facenet_tiny["checkpoint_dir"]), flow="checkpoint", name="facenet",
         repo=str(tmp_path / "repo"), inputs=["input"], outputs=["embeddings"],
         feed={"phase_train": "false"}, input_alias={"input": "images"},
@@ -547,7 +548,7 @@ def _dockerfile() -> list:
 def test_gpu_builder_image_pins_what_serving_2_17_gpu_ships():
     import tensorflow as tf
 
-    from builder import compat
+    from builder.config import compat
 
     cmds = _dockerfile()
     args = dict(c.value[0].split("=", 1) for c in cmds if c.cmd == "ARG" and "=" in c.value[0])
@@ -577,7 +578,7 @@ def test_gpu_builder_image_builds_and_sees_tensorrt():
     """Build the image for real and run the probe inside with the host's GPUs."""
     import shutil
 
-    from builder.server import docker_unavailable_reason
+    from builder.serve.server import docker_unavailable_reason
 
     reason = docker_unavailable_reason()
     if reason:

@@ -49,9 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from builder.cli_util import as_int_list, as_list, as_mapping
-from builder.errors import BuilderError, InputError, ServingError
-from builder.model import TensorInfo
+from builder.core.errors import BuilderError, InputError, ServingError
+from builder.core.model import TensorInfo
+from builder.options import as_int_list, as_list, as_mapping
 
 SOURCE_KINDS = ("checkpoint", "frozen", "savedmodel", "keras")
 KINDS = (*SOURCE_KINDS, "export", "grpc", "rest")
@@ -210,7 +210,8 @@ def _check_port(hostport: str, flag: str, shown: str) -> None:
 
 
 def _parse_path(spec: CandidateSpec, kind: str | None, flag: str, shown: str) -> None:
-    from builder import loaders, paths
+    from builder.core import layout
+    from builder.load import loaders
 
     p = Path(spec.target).expanduser()
     if not p.exists():
@@ -219,7 +220,7 @@ def _parse_path(spec: CandidateSpec, kind: str | None, flag: str, shown: str) ->
     if kind == "export" or (kind is None and _is_version_dir(p)):
         spec.kind = "export"
         if not (p / "saved_model.pb").exists():
-            versions = paths.list_versions(p)
+            versions = layout.list_versions(p)
             if not versions:
                 raise InputError(f"{flag} {shown!r}: {p} is neither a version directory "
                                  "(REPO/NAME/VERSION with saved_model.pb) nor a model with versions")
@@ -228,8 +229,8 @@ def _parse_path(spec: CandidateSpec, kind: str | None, flag: str, shown: str) ->
                 raise InputError(f"{flag} {shown!r}: {p} has no saved_model.pb")
         spec.target = str(p)
         return
-    if kind is None and p.is_dir() and paths.list_versions(p) and not (p / "saved_model.pb").exists():
-        versions = paths.list_versions(p)
+    if kind is None and p.is_dir() and layout.list_versions(p) and not (p / "saved_model.pb").exists():
+        versions = layout.list_versions(p)
         spec.kind, spec.target = "export", str(p / str(versions[-1]))
         return
     try:
@@ -242,9 +243,9 @@ def _parse_path(spec: CandidateSpec, kind: str | None, flag: str, shown: str) ->
 
 
 def _is_version_dir(p: Path) -> bool:
-    from builder import paths
+    from builder.core import layout
 
-    return p.is_dir() and paths.is_version_name(p.name) and (p / "saved_model.pb").exists()
+    return p.is_dir() and layout.is_version_name(p.name) and (p / "saved_model.pb").exists()
 
 
 def _default_label(spec: CandidateSpec) -> str:
@@ -326,7 +327,7 @@ def validate(o: BenchOptions) -> None:
         raise InputError(f"--out {o.out}: exists and is not a directory")
     if o.basename is not None and not _LABEL_RE.match(o.basename):
         raise InputError(f"--basename {o.basename!r}: use letters, digits, '_', '.', '-'")
-    from builder import loaders
+    from builder.load import loaders
 
     for k, v in o.input_shapes.items():
         loaders.parse_shape(v, f"--input_shapes {k}")
@@ -360,7 +361,7 @@ class SourceRunner(Runner):
     """The ORIGINAL model, as the user ran it (``NormalizedModel.run_source``)."""
 
     def __init__(self, spec: CandidateSpec, o: BenchOptions) -> None:
-        from builder import loaders
+        from builder.load import loaders
 
         self.spec = spec
         self.model = loaders.load(
@@ -390,7 +391,7 @@ class SavedModelRunner(Runner):
     def __init__(self, spec: CandidateSpec, o: BenchOptions) -> None:
         import tensorflow as tf
 
-        from builder.loaders import _dtype_name, _first_line, _shape_list
+        from builder.load.loaders import _dtype_name, _first_line, _shape_list
 
         self.spec = spec
         self.graph = tf.Graph()
@@ -944,7 +945,7 @@ def _timed_repeat(runner: Runner, prepared: Any, runs: int | None, seconds: floa
 
 def _accuracy(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], aliases: list[str]
               ) -> dict[str, Any]:
-    from builder import parity
+    from builder.export import parity
 
     report = parity.compare({a: ref[a] for a in aliases}, {a: got[a] for a in aliases if a in got},
                             atol=0.0, rtol=0.0)
@@ -976,7 +977,7 @@ def _check_signatures(runners: list[Runner], samples: dict[str, np.ndarray]) -> 
 
 
 def _make_samples(runners: list[Runner], o: BenchOptions) -> dict[str, np.ndarray]:
-    from builder import parity
+    from builder.export import parity
 
     ref = next((r for r in runners if r.inputs), None)
     if ref is None or ref.inputs is None:
@@ -988,7 +989,7 @@ def _make_samples(runners: list[Runner], o: BenchOptions) -> dict[str, np.ndarra
 
 def run_benchmark(o: BenchOptions) -> dict[str, Any]:
     """Load every candidate, measure, and return the results document (see ``write_outputs``)."""
-    from builder.export import batch_of
+    from builder.export.pipeline import batch_of
 
     validate(o)
     meter = LoadMeter(tuple(o.server_pids))

@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from builder import __version__, paths
-from builder.errors import InputError, PublishError
-from builder.publish_manifest import (
+from builder import __version__
+from builder.core import layout
+from builder.core.errors import InputError, PublishError
+from builder.publish.manifest import (
     BUILD_INFO_REL,
     MANIFEST_REL,
     Manifest,
@@ -499,7 +500,7 @@ def publish(src: Path, name: str, version: int, info: dict[str, Any], manifest: 
         tar_digest = write_layer(src, version, manifest, layer)
         config = Path(td) / "build_info.json"
         shutil.copyfile(src / BUILD_INFO_REL, config)
-        from builder.publish_store import test_pause
+        from builder.publish.targets.store import test_pause
 
         test_pause("oci-before-push")
         digest = reg.push(ref.tag, layer, config,
@@ -518,7 +519,7 @@ def tag_versions(reg: Registry, name: str) -> dict[int, str]:
     out = {}
     for t in reg.tags():
         m = pat.match(t)
-        if m and paths.is_version_name(m.group(1)):
+        if m and layout.is_version_name(m.group(1)):
             out[int(m.group(1))] = t
     return out
 
@@ -560,7 +561,7 @@ def fetch(ref: OciRef, dest: Path, plain_http: bool = False) -> PulledArtifact:
         reg.download(layers[0], layer_path)
         lann = layers[0].get("annotations") or {}
         top = lann.get(ANN_TITLE) or ann.get(ANN + "version") or ""
-        if not paths.is_version_name(top):
+        if not layout.is_version_name(top):
             raise PublishError(f"{ref}: the layer title {top!r} is not a version number: "
                                f"refusing it")
         safe_extract(layer_path, top, dest, lann.get(ANN_TAR_DIGEST, ""))

@@ -11,8 +11,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from builder import compat, paths
-from builder.errors import InputError
+from builder.config import compat
+from builder.core import layout
+from builder.core.errors import InputError
 
 
 def _read_saved_model(path: Path) -> Any:
@@ -67,7 +68,7 @@ def inspect_saved_model(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     sm = _read_saved_model(path)
     out: dict[str, Any] = {"path": str(path), "meta_graphs": []}
-    info_path = path / paths.BUILD_INFO_FILE
+    info_path = path / layout.BUILD_INFO_FILE
     info = _json.loads(info_path.read_text()) if info_path.exists() else None
     trt_version = ((info or {}).get("tensorrt") or {}).get("loaded_version")
     has_trt = False
@@ -106,7 +107,7 @@ def inspect_saved_model(path: str | Path) -> dict[str, Any]:
     out["variables_bytes"] = sum(p.stat().st_size for p in var_dir.rglob("*") if p.is_file()) \
         if var_dir.is_dir() else 0
     out["saved_model_bytes"] = (path / "saved_model.pb").stat().st_size
-    warm = path / paths.WARMUP_FILE
+    warm = path / layout.WARMUP_FILE
     out["warmup_records"] = count_tfrecords(warm) if warm.exists() else 0
     out["build_info"] = info
     out["serving_images"] = "; ".join(dict.fromkeys(images)) or compat.serving_images_summary(has_trt)
@@ -121,13 +122,13 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{p}: no such file or directory")
     if (p / "saved_model.pb").exists():
         return {"kind": "savedmodel", "versions": [inspect_saved_model(p)]}
-    if p.is_dir() and paths.list_versions(p):
+    if p.is_dir() and layout.list_versions(p):
         return {"kind": "model", "name": p.name,
-                "versions": [inspect_saved_model(p / str(v)) for v in paths.list_versions(p)]}
-    models = [m for m in paths.list_models(p) if paths.list_versions(p / m)] if p.is_dir() else []
+                "versions": [inspect_saved_model(p / str(v)) for v in layout.list_versions(p)]}
+    models = [m for m in layout.list_models(p) if layout.list_versions(p / m)] if p.is_dir() else []
     if models:
         return {"kind": "repo", "models": {m: [inspect_saved_model(p / m / str(v))
-                                               for v in paths.list_versions(p / m)] for m in models}}
+                                               for v in layout.list_versions(p / m)] for m in models}}
     raise InputError(f"{p}: not a SavedModel, model directory (numeric versions) or repository")
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from builder.errors import InputError, ParityError
-from builder.model import TensorInfo
+from builder.core.errors import InputError, ParityError
+from builder.core.model import TensorInfo
 
 # (atol, rtol, min_cosine) per precision. FP32 artefacts are expected to match bit-for-bit or
 # nearly; reduced precisions are judged mostly by direction (cosine) with a looser atol.

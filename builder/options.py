@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from builder.errors import InputError
+from builder.core.errors import InputError
 
 
 def as_list(value: object, flag: str = "") -> list[str]:

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from builder.errors import GraphError, InputError
-from builder.model import NormalizedModel, TensorInfo
+from builder.core.errors import GraphError, InputError
+from builder.core.model import NormalizedModel, TensorInfo
 
 OPTIMIZERS = ("none", "cpu", "tftrt")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -102,7 +102,7 @@ def check_request(optimizer: str, precision: str, trt: dict[str, Any] | None = N
             f"--optimize {optimizer} runs in fp32: use --precision fp32"
         )
     if optimizer == "tftrt":
-        from builder import tftrt
+        from builder.optimize import tftrt
 
         if trt is not None:
             tftrt.TrtOptions(precision=precision, **trt)  # validates flag values
@@ -308,7 +308,7 @@ def check_standard_graph(graph_def: Any, inputs: list[TensorInfo] = (), outputs:
     (what stock TF Serving loads); internal ``_Op`` types would tie it to one TF version."""
     import tensorflow as tf
 
-    from builder import compat
+    from builder.config import compat
 
     bad = compat.unregistered_ops(graph_def) | compat.internal_ops(graph_def)
     if bad:
@@ -353,7 +353,7 @@ def _node(tensor: str) -> str:
 
 
 def _histogram(graph_def: Any) -> Counter:
-    from builder import compat
+    from builder.config import compat
 
     return compat.op_histogram(graph_def)
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder import compat
-from builder.errors import (
+from builder.config import compat
+from builder.core.errors import (
     BuilderError,
     CompatibilityError,
     ConfigError,
@@ -36,11 +36,11 @@ from builder.errors import (
     ServingError,
     UnavailableError,
 )
-from builder.paths import BUILD_INFO_FILE, list_models, list_versions
+from builder.core.layout import BUILD_INFO_FILE, list_models, list_versions
 
 DEFAULT_SERVING_TAG = "2.17.0-gpu"
 SERVING_REPOSITORY = "tensorflow/serving"
-DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile.serving"
+DOCKERFILE = Path(__file__).resolve().parents[2] / "Dockerfile.serving"
 
 # Paths and ports inside the serving image (also used by the Kubernetes manifests).
 CONTAINER_MODELS = "/models"
@@ -290,25 +290,25 @@ def _generate_models_config(models_dir: Path, out: Path) -> None:
     import contextlib
     import io
 
-    from builder import serving_config
+    from builder.config import models_config
 
     with contextlib.redirect_stdout(io.StringIO()):  # its "wrote <tmp path>" lines would mislead
-        serving_config.config_command(repo=str(models_dir), out=str(out),
+        models_config.config_command(repo=str(models_dir), out=str(out),
                                       base_path=CONTAINER_MODELS)
 
 
 def _default_batching_text(models_dir: Path) -> str:
     """allowed_batch_sizes = the sizes the copied versions were exported and warmed for."""
-    from builder import batching
+    from builder.config import companions
 
-    return batching.batching_parameters_text(batching.batch_sizes_from_repo(models_dir)
+    return companions.batching_parameters_text(companions.batch_sizes_from_repo(models_dir)
                                              or [1, 8, 100])
 
 
 def _default_monitoring_text() -> str:
-    from builder import batching
+    from builder.config import companions
 
-    return batching.monitoring_config_text()
+    return companions.monitoring_config_text()
 
 
 def _read_config(path: str | os.PathLike | None, flag: str) -> str | None:
@@ -395,7 +395,7 @@ def prepare(
     cfg_text = _read_config(models_config, "--models_config")
     batching_text = _read_config(batching, "--batching")
     monitoring_text = _read_config(monitoring, "--monitoring")
-    from builder import batching as batching_mod
+    from builder.config import companions as batching_mod
 
     if batching_text is not None:
         batching_mod.parse_batching_parameters(batching_text, f"--batching {batching}")

@@ -38,8 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from builder.errors import ConfigError, InputError, ServingError, UnavailableError
-from builder.paths import WARMUP_FILE, is_version_name
+from builder.core.errors import ConfigError, InputError, ServingError, UnavailableError
+from builder.core.layout import WARMUP_FILE, is_version_name
 
 DEFAULT_REST_MAX_BODY_BYTES = 256 * 1024 * 1024
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # tensorflow_model_server sets kint32max
@@ -1422,13 +1422,13 @@ class LocalServer(ServerHandle):
         self.grpc_max = int(grpc_max_message_bytes)
         self.grpc_max_threads = int(grpc_max_threads)
         self._log_handler = _LogBuffer(echo_log)
-        self.log = logging.getLogger(f"builder.server.{id(self)}")
+        self.log = logging.getLogger(f"builder.serve.server.{id(self)}")
         self.log.propagate = False
         self.log.setLevel(logging.INFO)
         self.log.addHandler(self._log_handler)
         self.metrics_path = self._read_monitoring(monitoring_config_file)
         if batching_parameters_file:
-            from builder.batching import parse_batching_parameters
+            from builder.config.companions import parse_batching_parameters
 
             try:
                 text = Path(batching_parameters_file).read_text(encoding="utf-8")
@@ -1463,7 +1463,7 @@ class LocalServer(ServerHandle):
     def _read_monitoring(self, path: str | os.PathLike) -> str | None:
         if not path:
             return None
-        from builder.batching import PROMETHEUS_PATH, parse_monitoring_config
+        from builder.config.companions import PROMETHEUS_PATH, parse_monitoring_config
 
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -1620,7 +1620,7 @@ class ProcessServer(ServerHandle):
         self._logfile = tempfile.NamedTemporaryFile(prefix="tfs-local-", suffix=".log", delete=False)
 
     def start(self) -> ProcessServer:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

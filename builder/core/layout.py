@@ -14,7 +14,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from builder.errors import VersionError
+from builder.core.errors import VersionError
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 BUILD_INFO_FILE = Path("assets.extra") / "build_info.json"

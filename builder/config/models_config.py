@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from builder import paths
-from builder.cli_util import as_list, as_mapping
-from builder.errors import CompatibilityError, ConfigError, InputError
+from builder.core import layout
+from builder.core.errors import CompatibilityError, ConfigError, InputError
+from builder.options import as_list, as_mapping
 
 _LABEL_RE = re.compile(r"^[a-zA-Z0-9_]+$")
 
@@ -122,12 +122,12 @@ def build_config(
     entries = {c.name: c for c in cfg.model_config_list.config}
 
     models = []
-    for name in paths.list_models(repo):
+    for name in layout.list_models(repo):
         mdir = repo / name
         for child in sorted(mdir.iterdir()):
-            if child.is_dir() and not paths.is_version_name(child.name) and not child.name.startswith("."):
+            if child.is_dir() and not layout.is_version_name(child.name) and not child.name.startswith("."):
                 warn(f"{child}: not a numeric version directory; TF Serving ignores it")
-        if paths.list_versions(mdir):
+        if layout.list_versions(mdir):
             models.append(name)
         else:
             warn(f"{mdir}: no numeric version directories; not added to the config")
@@ -138,7 +138,7 @@ def build_config(
                               f"(models: {', '.join(models) or 'none'})")
 
     for name in models:
-        on_disk = paths.list_versions(repo / name)
+        on_disk = layout.list_versions(repo / name)
         entry = entries.get(name)
         if entry is None:
             entry = cfg.model_config_list.config.add()
@@ -201,7 +201,7 @@ def write_models_config(cfg: Any, out: str | Path) -> Path:
     text_format.Parse(text, check)
     if check != cfg:
         raise RuntimeError("models.config does not round-trip through ModelServerConfig")
-    paths.atomic_write_text(out, text)
+    layout.atomic_write_text(out, text)
     return Path(out)
 
 
@@ -212,8 +212,8 @@ def repo_artifacts(repo: Path, cfg: Any) -> list[tuple[str, int, dict]]:
         mdir = repo / entry.name
         if not mdir.is_dir():
             continue
-        for v in _served_versions(entry, paths.list_versions(mdir)):
-            info_path = mdir / str(v) / paths.BUILD_INFO_FILE
+        for v in _served_versions(entry, layout.list_versions(mdir)):
+            info_path = mdir / str(v) / layout.BUILD_INFO_FILE
             info = json.loads(info_path.read_text()) if info_path.exists() else {}
             out.append((entry.name, v, info))
     return out
@@ -221,8 +221,8 @@ def repo_artifacts(repo: Path, cfg: Any) -> list[tuple[str, int, dict]]:
 
 def check_image(repo: Path, cfg: Any, image: str) -> None:
     """The compatibility gate: refuse TRT artefacts in images that cannot load them."""
-    from builder import compat
-    from builder.inspection import saved_model_graph_defs
+    from builder.config import compat
+    from builder.config.inspection import saved_model_graph_defs
 
     for name, v, info in repo_artifacts(repo, cfg):
         vdir = repo / name / str(v)
@@ -275,13 +275,13 @@ def config_command(
     written = [write_models_config(cfg, out_p)]
     if companions:
         try:
-            from builder import batching
+            from builder.config import companions
         except ModuleNotFoundError:
             batching = None  # type: ignore[assignment]
         if batching is not None:
             sizes = sorted({b for _, _, info in repo_artifacts(repo_p, cfg)
                             for b in info.get("batch_sizes", [])})
-            result = batching.write_companions(out_p.parent, sizes or [1, 8, 100]) or []
+            result = companions.write_companions(out_p.parent, sizes or [1, 8, 100]) or []
             written += list(result.values() if isinstance(result, dict) else result)
     n = len(cfg.model_config_list.config)
     print(f"wrote {out_p} ({n} model{'s' if n != 1 else ''})")

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from builder.errors import InputError
+from builder.core.errors import InputError
 
 MODEL_NAME = "20180402-114759"  # FaceNet's VGGFace2 release name, fixed for reproducibility
 CHECKPOINT_STEP = 275  # the step of that release's checkpoint
@@ -696,7 +696,7 @@ def example_command(out: str = "example_model", tiny: bool = False, seed: int = 
         seed: integer seed for the weights; the same seed writes the same weights.
         formats: comma list of what to write: checkpoint, frozen, savedmodel (default: all).
     """
-    from builder.cli_util import as_list
+    from builder.options import as_list
 
     if isinstance(tiny, str):
         raise InputError(f"--tiny {tiny!r}: it is a switch, use --tiny or --notiny")

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from builder import paths
-from builder.errors import ConfigError, InputError, PublishError
+from builder.core import layout
+from builder.core.errors import ConfigError, InputError, PublishError
 
 MANIFEST_FORMAT = "tfs-builder-manifest/1"
-MANIFEST_REL = paths.MANIFEST_FILE.as_posix()
-BUILD_INFO_REL = paths.BUILD_INFO_FILE.as_posix()
+MANIFEST_REL = layout.MANIFEST_FILE.as_posix()
+BUILD_INFO_REL = layout.BUILD_INFO_FILE.as_posix()
 SAVED_MODEL_REL = "saved_model.pb"
 _CHUNK = 1 << 20
 
@@ -164,7 +164,7 @@ def ensure_local_manifest(version_path: Path, write: bool = True) -> Manifest:
         raise PublishError(f"{version_path}/{SAVED_MODEL_REL} is missing: this is not a SavedModel "
                            f"version; export it with python -m builder export")
     if write:
-        paths.atomic_write_text(mpath, fresh.to_json())
+        layout.atomic_write_text(mpath, fresh.to_json())
     return fresh
 
 
@@ -206,21 +206,21 @@ def select_version(repo: str, name: str, version: object) -> LocalVersion:
     if not name:
         raise InputError("--name is required: the model name, a directory under --repo")
     model_dir = Path(repo) / name
-    versions = paths.list_versions(model_dir)
+    versions = layout.list_versions(model_dir)
     if not versions:
         raise InputError(f"{model_dir} has no numeric version directories: export one with "
                          f"python -m builder export, or fix --repo/--name")
     if version is None or (isinstance(version, str) and version.strip().lower() in ("", "latest")):
         v = versions[-1]
     else:
-        v = paths.parse_version(version)
+        v = layout.parse_version(version)
         if v is None or v not in versions:
             raise InputError(f"--version {version}: {model_dir} has versions "
                              f"{', '.join(map(str, versions))}; pick one of them or 'latest'")
-    path = paths.version_dir(repo, name, v)
+    path = layout.version_dir(repo, name, v)
     info = load_build_info(path)
     if not parity_passed(info):
-        passing = [x for x in versions if x != v and _quiet_parity(paths.version_dir(repo, name, x))]
+        passing = [x for x in versions if x != v and _quiet_parity(layout.version_dir(repo, name, x))]
         hint = f"; version {passing[-1]} passed: --version {passing[-1]}" if passing else ""
         raise PublishError(f"{path / BUILD_INFO_REL} does not record a passed parity check "
                            f"(parity.passed is not true): refusing to publish it{hint}")

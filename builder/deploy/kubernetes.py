@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder import compat
-from builder import image as simage
-from builder.errors import CompatibilityError, ConfigError, InputError, UnavailableError
-from builder.paths import atomic_write_text, list_versions, version_dir
+from builder.config import compat
+from builder.core.errors import CompatibilityError, ConfigError, InputError, UnavailableError
+from builder.core.layout import atomic_write_text, list_versions, version_dir
+from builder.deploy import image as simage
 
 TARGETS = ("kubernetes", "kserve")
 DEFAULT_IMAGE = f"{simage.SERVING_REPOSITORY}:{simage.DEFAULT_SERVING_TAG}"
@@ -308,7 +308,7 @@ def plan(
     if hi < lo:
         raise InputError(f"--max_replicas {hi} is below --min_replicas {lo}")
 
-    from builder import batching as batching_mod
+    from builder.config import companions as batching_mod
 
     btext = _read_text(batching, "--batching")
     if btext is None:

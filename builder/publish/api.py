@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import paths
-from builder.errors import InputError, PublishError
-from builder.publish_manifest import (
+from builder.core import layout
+from builder.core.errors import InputError, PublishError
+from builder.publish.manifest import (
     Manifest,
     compute_manifest,
     ensure_local_manifest,
@@ -35,7 +35,7 @@ from builder.publish_manifest import (
     plan_retention,
     select_version,
 )
-from builder.publish_store import LocalTarget, _Raced, open_target, test_pause
+from builder.publish.targets.store import LocalTarget, _Raced, open_target, test_pause
 
 Log = Callable[[str], None]
 
@@ -82,16 +82,16 @@ def publish(repo: str, name: str, to: str, version: object = "latest", keep: obj
     if not to:
         raise InputError("--to is required: a path, file://, s3://, gs:// model base path root, "
                          "or oci://HOST/REPOSITORY[:TAG]")
-    from builder import publish_oci
+    from builder.publish.targets import oci
 
-    if publish_oci.is_oci(to):
-        res = publish_oci.publish(lv.path, name, lv.version, lv.build_info, manifest, to,
+    if oci.is_oci(to):
+        res = oci.publish(lv.path, name, lv.version, lv.build_info, manifest, to,
                                   plain_http=plain_http, dry_run=dry_run)
         result = PublishResult(str(res.ref), name, lv.version, res.action, len(manifest.files),
                                manifest.total_bytes, manifest.digest(), oci_digest=res.manifest_digest)
         if keep_n:
-            reg = publish_oci.Registry(res.ref, plain_http)
-            tagged = publish_oci.tag_versions(reg, name)
+            reg = oci.Registry(res.ref, plain_http)
+            tagged = oci.tag_versions(reg, name)
             doomed = plan_retention(sorted(tagged), keep_n, set(labels.values()) | {lv.version})
             for v in doomed:
                 if not dry_run:
@@ -167,27 +167,27 @@ class PullResult:
 def pull(from_: str, repo: str, name: str = "", version: object = "",
          plain_http: bool = False) -> PullResult:
     """Fetch an OCI model artefact into ``repo/NAME/VERSION`` (staged, checked, renamed)."""
-    from builder import publish_oci
+    from builder.publish.targets import oci
 
-    if not from_ or not publish_oci.is_oci(from_):
+    if not from_ or not oci.is_oci(from_):
         raise InputError(f"--from_ {from_!r}: give an oci://HOST/REPOSITORY:TAG (or @sha256:...) "
                          f"reference")
     if not repo:
         raise InputError("--repo is required: the local model repository to pull into")
-    ref = publish_oci.parse_ref(from_, "--from_")
-    want_version = paths.parse_version(version) if str(version or "").strip() else None
+    ref = oci.parse_ref(from_, "--from_")
+    want_version = layout.parse_version(version) if str(version or "").strip() else None
     if not ref.tag and not ref.digest:
         if not (name and want_version):
             raise InputError(f"--from_ {from_} has no tag: add :TAG, or pass --name and --version "
                              f"to use the default tag NAME-VERSION")
-        ref.tag = publish_oci.default_tag(name, want_version)
+        ref.tag = oci.default_tag(name, want_version)
     root = Path(repo)
     root.mkdir(parents=True, exist_ok=True)
-    paths.clean_stale_staging(root)
-    staging = root / f"{paths.STAGING_PREFIX}pull-{os.getpid()}-{secrets.token_hex(4)}"
+    layout.clean_stale_staging(root)
+    staging = root / f"{layout.STAGING_PREFIX}pull-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        art = publish_oci.fetch(ref, staging, plain_http)
+        art = oci.fetch(ref, staging, plain_http)
         if not parity_passed(art.build_info):
             raise PublishError(f"{ref}: its build_info does not record a passed parity check: "
                                f"refusing to install it into a serving repository")
@@ -195,7 +195,7 @@ def pull(from_: str, repo: str, name: str = "", version: object = "",
         if not model or model.startswith(".") or "/" in model:
             raise PublishError(f"{ref} does not name its model: pass --name")
         v = want_version or art.version
-        final = paths.version_dir(root, model, v)
+        final = layout.version_dir(root, model, v)
         test_pause("pull-extracted")
         if final.exists():
             old = LocalTarget(root).existing_manifest(model, v)
@@ -221,19 +221,19 @@ def pull(from_: str, repo: str, name: str = "", version: object = "",
 
 def verify(path: str, plain_http: bool = False) -> Manifest:
     """Check a published version (TARGET/NAME/VERSION or an oci:// reference) byte for byte."""
-    from builder import publish_oci
+    from builder.publish.targets import oci
 
     if not path:
         raise InputError("give the version to verify: TARGET/NAME/VERSION (path, file://, s3://, "
                          "gs://) or oci://HOST/REPOSITORY:TAG")
-    if publish_oci.is_oci(path):
-        ref = publish_oci.parse_ref(path, "verify")
+    if oci.is_oci(path):
+        ref = oci.parse_ref(path, "verify")
         if not ref.tag and not ref.digest:
             raise InputError(f"verify {path}: add the :TAG or @sha256:... to check")
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="tfs-builder-verify-") as td:
-            return publish_oci.fetch(ref, Path(td) / "v", plain_http).manifest
+            return oci.fetch(ref, Path(td) / "v", plain_http).manifest
     trimmed = path.rstrip("/")
     if "://" in trimmed and not trimmed.startswith("file://"):
         head, _, ver = trimmed.rpartition("/")
@@ -246,7 +246,7 @@ def verify(path: str, plain_http: bool = False) -> Manifest:
             raise PublishError(f"{trimmed} does not exist: give TARGET/NAME/VERSION")
         ver, name, root = p.name, p.parent.name, str(p.parent.parent)
         bad = False
-    if bad or not paths.is_version_name(ver) or not name:
+    if bad or not layout.is_version_name(ver) or not name:
         raise InputError(f"verify {path}: expected TARGET/NAME/VERSION with a numeric VERSION, "
                          f"e.g. s3://bucket/models/facenet/3")
     target = open_target(root, "verify")

@@ -29,8 +29,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from builder.errors import ConfigError, InputError
-from builder.paths import atomic_write_text
+from builder.core.errors import ConfigError, InputError
+from builder.core.layout import atomic_write_text
 
 BATCHING_FILE = "batching_parameters.txt"
 MONITORING_FILE = "monitoring.config"
@@ -243,7 +243,7 @@ def write_companions(
 def batch_sizes_from_repo(repo: str | os.PathLike) -> list[int]:
     """Union of ``batch_sizes`` in every version's build_info.json: the sizes the repository's
     artefacts were warmed for (what ``allowed_batch_sizes`` must be)."""
-    from builder.paths import BUILD_INFO_FILE, list_models, list_versions, version_dir
+    from builder.core.layout import BUILD_INFO_FILE, list_models, list_versions, version_dir
 
     sizes: set[int] = set()
     for name in list_models(repo):

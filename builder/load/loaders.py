@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from builder.errors import GraphError, InputError
-from builder.model import NormalizedModel, TensorInfo
+from builder.core.errors import GraphError, InputError
+from builder.core.model import NormalizedModel, TensorInfo
 
 FLOWS = ("checkpoint", "frozen", "savedmodel", "keras")
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")

@@ -26,10 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from builder import __version__, compat, loaders, parity, paths
-from builder.cli_util import as_int_list, as_list, as_mapping
-from builder.errors import GraphError, InputError, VersionError
-from builder.model import NormalizedModel
+from builder import __version__
+from builder.config import compat
+from builder.core import layout
+from builder.core.errors import GraphError, InputError, VersionError
+from builder.core.model import NormalizedModel
+from builder.export import parity
+from builder.load import loaders
+from builder.options import as_int_list, as_list, as_mapping
 
 DEFAULT_BATCH_SIZES = (1, 8, 100)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -207,11 +211,11 @@ def validate_options(o: ExportOptions) -> None:
     for v, flag in ((o.atol, "--atol"), (o.rtol, "--rtol")):
         if v is not None and (not isinstance(v, (int, float)) or v < 0):
             raise InputError(f"{flag} {v!r}: must be a non-negative number")
-    from builder import optimize as _opt
+    from builder.optimize import cpu as _opt
 
     _opt.check_request(o.optimize, o.precision, trt=o.trt or None)
     if o.version is not None and not o.overwrite:
-        existing = paths.version_dir(o.repo, o.name, o.version)
+        existing = layout.version_dir(o.repo, o.name, o.version)
         if existing.exists():
             raise VersionError(
                 f"version {o.version} of {o.name} exists ({existing}): pass --overwrite to replace "
@@ -294,7 +298,7 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
         staging: Path | None = None
         try:
             _check_unsafe(model, o.allow_unsafe_ops)
-            from builder import optimize as _opt
+            from builder.optimize import cpu as _opt
 
             with progress.step(f"optimizing ({o.optimize}, {o.precision})"):
                 graph_model, opt_info = _opt.optimize_graph(model, "none" if tftrt else o.optimize,
@@ -311,8 +315,8 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
                 except Exception as e:  # noqa: BLE001 - TF raises many kinds for bad inputs
                     raise GraphError(f"the source model fails on the parity samples: "
                                      f"{loaders._first_line(e)}") from None
-            paths.clean_stale_staging(model_dir)
-            staging = paths.new_staging_dir(model_dir, "export")
+            layout.clean_stale_staging(model_dir)
+            staging = layout.new_staging_dir(model_dir, "export")
             out = staging / "model"
             trt_info = None
             with progress.step(f"writing SavedModel ({len(graph_model.graph_def.node)} nodes)"):
@@ -323,7 +327,7 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
                     write_saved_model(graph_model, out)
             if tftrt:
                 with progress.step("converting with TF-TRT"):
-                    from builder import tftrt as _trt
+                    from builder.optimize import tftrt as _trt
 
                     opts = _trt.TrtOptions(precision=o.precision, batch_sizes=tuple(o.batch_sizes),
                                            **o.trt)
@@ -339,7 +343,7 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
             with progress.step("parity check: exported SavedModel vs source model"):
                 table = None
                 if tftrt:
-                    from builder import tftrt as _trt
+                    from builder.optimize import tftrt as _trt
 
                     table = _trt.PARITY_TOLERANCES
                 atol, rtol, min_cos = parity.tolerances(o.precision, o.atol, o.rtol, table)
@@ -355,10 +359,10 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
                 report = parity.compare(expected, actual, atol=atol, rtol=rtol,
                                         min_cosine=min_cos, samples=len(next(iter(samples.values()))))
                 report.raise_if_failed(f"{o.name} ({flow} -> {o.optimize}/{o.precision})")
-            version = o.version if o.version is not None else paths.next_version(model_dir)
+            version = o.version if o.version is not None else layout.next_version(model_dir)
             info = _build_info(o, flow, model, graph_model, version, report, opt_info, trt_info,
                                n_warm, time.perf_counter() - t0)
-            paths.atomic_write_text(extra / "build_info.json", json.dumps(info, indent=2) + "\n")
+            layout.atomic_write_text(extra / "build_info.json", json.dumps(info, indent=2) + "\n")
             (staging / "reproduce.sh").write_text("#!/bin/sh\n" + info["reproduce"] + "\n")
             _test_pause("before_promote")
             with progress.step(f"promoting to {model_dir / str(version)}"):
@@ -366,7 +370,7 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
             info["version"] = int(final.name)
             if int(final.name) != version:  # auto version raced with another exporter
                 info["reproduce"] = reproduce_command(o, int(final.name))
-                paths.atomic_write_text(final / "assets.extra" / "build_info.json",
+                layout.atomic_write_text(final / "assets.extra" / "build_info.json",
                                         json.dumps(info, indent=2) + "\n")
             return ExportResult(final, int(final.name), info)
         finally:
@@ -392,15 +396,15 @@ def _promote(out: Path, model_dir: Path, o: ExportOptions, version: int) -> Path
         target = model_dir / str(version)
         if target.exists():
             if o.version is None:  # another exporter took it: take the next one
-                version = paths.next_version(model_dir)
+                version = layout.next_version(model_dir)
                 continue
             if not o.overwrite:
                 raise VersionError(f"version {version} of {o.name} appeared during the export "
                                    f"({target}): pass --overwrite or --version auto")
-            if paths.exchange_dirs(out, target):  # one atomic swap: never a missing version
+            if layout.exchange_dirs(out, target):  # one atomic swap: never a missing version
                 shutil.rmtree(out, ignore_errors=True)
                 return target
-            old = model_dir / f"{paths.STAGING_PREFIX}old-{version}-{os.getpid()}-{os.urandom(4).hex()}"
+            old = model_dir / f"{layout.STAGING_PREFIX}old-{version}-{os.getpid()}-{os.urandom(4).hex()}"
             os.rename(target, old)
             try:
                 os.rename(out, target)
@@ -548,7 +552,7 @@ def export_command(
         name=str(name) if name else "",
         repo=str(repo) if repo else "",
         flow=str(flow) if flow else None,
-        version=paths.parse_version(version),
+        version=layout.parse_version(version),
         overwrite=bool(overwrite),
         inputs=as_list(inputs, "--inputs"),
         outputs=as_list(outputs, "--outputs"),

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from builder.errors import GraphError, InputError, UnavailableError
-from builder.model import TensorInfo
+from builder.core.errors import GraphError, InputError, UnavailableError
+from builder.core.model import TensorInfo
 
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 PROFILE_STRATEGIES = ("Range", "Optimal", "Range+Optimal", "ImplicitBatchModeCompatible")
@@ -445,7 +445,7 @@ def calibration_batch(opts: TrtOptions) -> int:
 def count_segments(graph_def: Any) -> dict[str, Any]:
     """How much of the graph went to TensorRT: engines (TRTEngineOp nodes, top level and in
     library functions) and the nodes of their native segments (``<engine>_native_segment``)."""
-    from builder import compat
+    from builder.config import compat
 
     engines = [n for n in compat.iter_nodes(graph_def) if n.op == "TRTEngineOp"]
     names = {n.name.split("/")[-1] for n in engines}

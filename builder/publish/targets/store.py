@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from builder import paths
-from builder.errors import PublishError
-from builder.publish_manifest import (
+from builder.core import layout
+from builder.core.errors import PublishError
+from builder.publish.manifest import (
     MANIFEST_REL,
     SAVED_MODEL_REL,
     Manifest,
@@ -147,7 +147,7 @@ class LocalTarget(Target):
         self.url = str(root)
 
     def _vdir(self, name: str, version: int) -> Path:
-        return paths.version_dir(self.root, name, version)
+        return layout.version_dir(self.root, name, version)
 
     def state(self, name: str, version: int) -> str:
         d = self._vdir(name, version)
@@ -159,7 +159,7 @@ class LocalTarget(Target):
         return "complete" if any(d.iterdir()) else "absent"
 
     def versions(self, name: str) -> list[int]:
-        return paths.list_versions(self.root / name)
+        return layout.list_versions(self.root / name)
 
     def existing_manifest(self, name: str, version: int) -> Manifest:
         d = self._vdir(name, version)
@@ -192,13 +192,13 @@ class LocalTarget(Target):
 
     def cleanup_own_staging(self, name: str, version: int, manifest: Manifest) -> None:
         """Staging/deleting dirs of killed publishers (dead pids) go on every run, no-op or not."""
-        paths.clean_stale_staging(self.root / name)
+        layout.clean_stale_staging(self.root / name)
 
     def publish(self, src: Path, name: str, version: int, manifest: Manifest, log: Log) -> None:
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
-        paths.clean_stale_staging(model_dir)
-        staging = paths.new_staging_dir(model_dir, tag="publish")
+        layout.clean_stale_staging(model_dir)
+        staging = layout.new_staging_dir(model_dir, tag="publish")
         final = self._vdir(name, version)
         try:
             for d in sorted(manifest.dirs):
@@ -235,7 +235,7 @@ class LocalTarget(Target):
     def delete(self, name: str, version: int) -> None:
         """Rename away first (one atomic step the server sees), then remove at leisure."""
         d = self._vdir(name, version)
-        gone = d.parent / f"{paths.STAGING_PREFIX}delete-{version}-{os.getpid()}-{secrets.token_hex(4)}"
+        gone = d.parent / f"{layout.STAGING_PREFIX}delete-{version}-{os.getpid()}-{secrets.token_hex(4)}"
         os.rename(d, gone)
         _fsync_dir(d.parent)
         test_pause("retention")
@@ -369,7 +369,7 @@ class ObjectTarget(Target):
         out: dict[int, set[str]] = {}
         for rel in self._find(self._p(name)):
             head, _, rest = rel.partition("/")
-            if rest and paths.is_version_name(head):
+            if rest and layout.is_version_name(head):
                 out.setdefault(int(head), set()).add(rest)
         return out
 
@@ -404,7 +404,7 @@ class ObjectTarget(Target):
         return self._call(f"reading {rel}", self.fs.open, self._p(name, version, rel), "rb")
 
     def _staging(self, name: str, version: int, manifest: Manifest) -> str:
-        return self._p(name, f"{paths.STAGING_PREFIX}{version}-{manifest.digest()[7:23]}")
+        return self._p(name, f"{layout.STAGING_PREFIX}{version}-{manifest.digest()[7:23]}")
 
     def publish(self, src: Path, name: str, version: int, manifest: Manifest, log: Log) -> None:
         self.check_bucket()
