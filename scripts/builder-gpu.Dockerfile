@@ -16,7 +16,7 @@
 #       --input_shapes input=?x160x160x3 --optimize tftrt --precision fp16 --batch_sizes 1,8,100
 # Check what TF-TRT sees inside the image:
 #   docker run --rm --gpus all --entrypoint python tfs-builder-gpu \
-#     -c "from builder import tftrt; print(tftrt.probe_tensorrt())"
+#     -c "from builder.optimize import tftrt; print(tftrt.probe_tensorrt())"
 #
 # Serve the result with tensorflow/serving:2.17.1-gpu on the same GPU model (engines are also
 # specific to the GPU's compute capability).

@@ -329,7 +329,7 @@ def test_frozen_graph_pinned_to_a_gpu_exports_on_cpu(tmp_path):
     r = pipeline.export(pipeline.ExportOptions(model=str(model), name="p", repo=str(tmp_path / "repo"), outputs=["y"],
                                            batch_sizes=[1]), quiet=True)
     assert r.build_info["parity"]["passed"]
-    from builder.config.inspection import saved_model_graph_defs
+    from builder.core.artifact import graph_defs as saved_model_graph_defs
 
     assert not any(n.device for n in saved_model_graph_defs(r.path)[0].node)
 
@@ -350,7 +350,7 @@ def test_checkpoint_with_resource_variables(tmp_path):
                                            outputs=["probs"], batch_sizes=[1]), quiet=True)
     assert r.build_info["flow"] == "checkpoint" and r.build_info["parity"]["passed"]
     assert r.build_info["signature"]["inputs"]["features"]["shape"] == [-1, 4]
-    from builder.config.inspection import saved_model_graph_defs
+    from builder.core.artifact import graph_defs as saved_model_graph_defs
 
     ops = {n.op for n in saved_model_graph_defs(r.path)[0].node}
     assert not ops & {"VarHandleOp", "ReadVariableOp", "VariableV2"}

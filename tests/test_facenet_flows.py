@@ -38,7 +38,7 @@ def test_facenet_example_exports_in_every_flow(facenet_tiny, flow, tmp_path):
 
 
 def export_graph_ops(path):
-    from builder.config.inspection import saved_model_graph_defs
+    from builder.core.artifact import graph_defs as saved_model_graph_defs
 
     return list(saved_model_graph_defs(path)[0].node)
 

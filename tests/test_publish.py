@@ -193,11 +193,11 @@ def test_cli_publish_verify_and_one_line_errors(repo, tmp_path):
 
 def test_missing_extras_name_the_pip_install(repo, tmp_path):
     code = ("import sys; sys.modules['s3fs'] = None; sys.modules['gcsfs'] = None\n"
-            "from builder import publish\n"
-            "from builder.errors import PublishError\n"
+            "from builder.publish import api\n"
+            "from builder.core.errors import PublishError\n"
             "for url in ('s3://b/m', 'gs://b/m'):\n"
             "    try:\n"
-            f"        publish.publish({str(repo)!r}, 'tiny', url)\n"
+            f"        api.publish({str(repo)!r}, 'tiny', url)\n"
             "    except PublishError as e:\n"
             "        print(e)\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

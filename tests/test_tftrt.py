@@ -510,7 +510,7 @@ def test_gpu_tftrt_export_of_the_tiny_model(probe, tiny_frozen, tmp_path, precis
 def test_gpu_tftrt_export_of_the_facenet_example(probe, facenet_tiny, tmp_path, precision):
     needs_gpu(probe)
     from builder.config import compat
-    from builder.config.inspection import saved_model_graph_defs
+    from builder.core.artifact import graph_defs as saved_model_graph_defs
     from builder.export import pipeline
 
     size = facenet_tiny["image_size"]

@@ -243,20 +243,19 @@ def write_companions(
 def batch_sizes_from_repo(repo: str | os.PathLike) -> list[int]:
     """Union of ``batch_sizes`` in every version's build_info.json: the sizes the repository's
     artefacts were warmed for (what ``allowed_batch_sizes`` must be)."""
-    from builder.core.layout import BUILD_INFO_FILE, list_models, list_versions, version_dir
+    from builder.core import artifact
+    from builder.core.layout import list_models, list_versions, version_dir
 
     sizes: set[int] = set()
     for name in list_models(repo):
         for v in list_versions(Path(repo) / name):
-            info_path = version_dir(repo, name, v) / BUILD_INFO_FILE
-            if not info_path.is_file():
-                continue
+            vdir = version_dir(repo, name, v)
+            info = artifact.read_build_info(vdir) or {}
             try:
-                info = json.loads(info_path.read_text(encoding="utf-8"))
                 sizes.update(int(b) for b in info.get("batch_sizes", []))
             except (ValueError, TypeError) as e:
                 raise InputError(
-                    f"{info_path}: unreadable build_info.json ({e}): re-export this version"
+                    f"{vdir / artifact.BUILD_INFO_FILE}: bad batch_sizes ({e}): re-export this version"
                 ) from None
     return sorted(sizes)
 

@@ -7,46 +7,12 @@ cheap and safe on artefacts that could not even load here (e.g. TF-TRT engines w
 from __future__ import annotations
 
 import json as _json
-import struct
 from pathlib import Path
 from typing import Any
 
 from builder.config import compat
-from builder.core import layout
+from builder.core import artifact, layout
 from builder.core.errors import InputError
-
-
-def _read_saved_model(path: Path) -> Any:
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    sm = saved_model_pb2.SavedModel()
-    pb = path / "saved_model.pb"
-    if not pb.exists():
-        raise InputError(f"{path}: no saved_model.pb (not a SavedModel directory)")
-    try:
-        sm.ParseFromString(pb.read_bytes())
-    except Exception:  # noqa: BLE001 - protobuf DecodeError and friends
-        raise InputError(f"{pb}: not a SavedModel protobuf (corrupt or truncated)") from None
-    return sm
-
-
-def saved_model_graph_defs(path: str | Path) -> list[Any]:
-    return [mg.graph_def for mg in _read_saved_model(Path(path)).meta_graphs]
-
-
-def count_tfrecords(path: Path) -> int:
-    """Count records by walking TFRecord framing (u64 length, u32 crc, data, u32 crc)."""
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            head = f.read(8)
-            if not head:
-                return n
-            if len(head) < 8:
-                raise InputError(f"{path}: truncated TFRecord file")
-            (length,) = struct.unpack("<Q", head)
-            f.seek(4 + length + 4, 1)
-            n += 1
 
 
 def _dtype_name(enum: int) -> str:
@@ -66,10 +32,9 @@ def _shape(proto: Any) -> list[int] | None:
 
 def inspect_saved_model(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    sm = _read_saved_model(path)
+    sm = artifact.read_saved_model(path)
     out: dict[str, Any] = {"path": str(path), "meta_graphs": []}
-    info_path = path / layout.BUILD_INFO_FILE
-    info = _json.loads(info_path.read_text()) if info_path.exists() else None
+    info = artifact.read_build_info(path)
     trt_version = ((info or {}).get("tensorrt") or {}).get("loaded_version")
     has_trt = False
     images: list[str] = []
@@ -107,8 +72,8 @@ def inspect_saved_model(path: str | Path) -> dict[str, Any]:
     out["variables_bytes"] = sum(p.stat().st_size for p in var_dir.rglob("*") if p.is_file()) \
         if var_dir.is_dir() else 0
     out["saved_model_bytes"] = (path / "saved_model.pb").stat().st_size
-    warm = path / layout.WARMUP_FILE
-    out["warmup_records"] = count_tfrecords(warm) if warm.exists() else 0
+    warm = path / artifact.WARMUP_FILE
+    out["warmup_records"] = artifact.count_tfrecords(warm) if warm.exists() else 0
     out["build_info"] = info
     out["serving_images"] = "; ".join(dict.fromkeys(images)) or compat.serving_images_summary(has_trt)
     out["has_trt_ops"] = has_trt

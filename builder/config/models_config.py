@@ -7,13 +7,12 @@ official ``model_server_config_pb2`` before it replaces anything.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from builder.core import layout
+from builder.core import artifact, layout
 from builder.core.errors import CompatibilityError, ConfigError, InputError
 from builder.options import as_list, as_mapping
 
@@ -213,8 +212,7 @@ def repo_artifacts(repo: Path, cfg: Any) -> list[tuple[str, int, dict]]:
         if not mdir.is_dir():
             continue
         for v in _served_versions(entry, layout.list_versions(mdir)):
-            info_path = mdir / str(v) / layout.BUILD_INFO_FILE
-            info = json.loads(info_path.read_text()) if info_path.exists() else {}
+            info = artifact.read_build_info(mdir / str(v)) or {}
             out.append((entry.name, v, info))
     return out
 
@@ -222,11 +220,10 @@ def repo_artifacts(repo: Path, cfg: Any) -> list[tuple[str, int, dict]]:
 def check_image(repo: Path, cfg: Any, image: str) -> None:
     """The compatibility gate: refuse TRT artefacts in images that cannot load them."""
     from builder.config import compat
-    from builder.config.inspection import saved_model_graph_defs
 
     for name, v, info in repo_artifacts(repo, cfg):
         vdir = repo / name / str(v)
-        graphs = saved_model_graph_defs(vdir)
+        graphs = artifact.graph_defs(vdir)
         has_trt = info.get("optimizer") == "tftrt" or any(compat.trt_ops(gd) for gd in graphs)
         missing = set().union(*(compat.serving_missing_ops(gd) for gd in graphs)) if graphs else set()
         trt_version = (info.get("tensorrt") or {}).get("loaded_version")
@@ -274,15 +271,11 @@ def config_command(
         check_image(repo_p, cfg, str(image))
     written = [write_models_config(cfg, out_p)]
     if companions:
-        try:
-            from builder.config import companions
-        except ModuleNotFoundError:
-            batching = None  # type: ignore[assignment]
-        if batching is not None:
-            sizes = sorted({b for _, _, info in repo_artifacts(repo_p, cfg)
-                            for b in info.get("batch_sizes", [])})
-            result = companions.write_companions(out_p.parent, sizes or [1, 8, 100]) or []
-            written += list(result.values() if isinstance(result, dict) else result)
+        from builder.config import companions as companion_files
+
+        sizes = sorted({b for _, _, info in repo_artifacts(repo_p, cfg) for b in info.get("batch_sizes", [])})
+        result = companion_files.write_companions(out_p.parent, sizes or [1, 8, 100]) or []
+        written += list(result.values() if isinstance(result, dict) else result)
     n = len(cfg.model_config_list.config)
     print(f"wrote {out_p} ({n} model{'s' if n != 1 else ''})")
     for p in written[1:]:

@@ -16,9 +16,6 @@ from pathlib import Path
 
 from builder.core.errors import VersionError
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-BUILD_INFO_FILE = Path("assets.extra") / "build_info.json"
-MANIFEST_FILE = Path("assets.extra") / "manifest.json"
 STAGING_PREFIX = ".staging-"
 
 _VERSION_RE = re.compile(r"^[0-9]+$")

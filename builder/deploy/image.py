@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.config import compat
+from builder.core import artifact
 from builder.core.errors import (
     BuilderError,
     CompatibilityError,
@@ -36,7 +37,7 @@ from builder.core.errors import (
     ServingError,
     UnavailableError,
 )
-from builder.core.layout import BUILD_INFO_FILE, list_models, list_versions
+from builder.core.layout import list_models, list_versions
 
 DEFAULT_SERVING_TAG = "2.17.0-gpu"
 SERVING_REPOSITORY = "tensorflow/serving"
@@ -130,56 +131,12 @@ class ArtefactInfo:
         return compat.image_warning(self.has_trt, image_ref, self.tensorrt_version)
 
 
-def read_build_info(version_path: str | os.PathLike) -> dict[str, Any] | None:
-    """build_info.json of a version, None when absent; a corrupt file is the user's to fix."""
-    p = Path(version_path) / BUILD_INFO_FILE
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{p}: unreadable build info ({e}): re-export this version") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{p}: build info is not a JSON object: re-export this version")
-    return data
-
-
-def saved_model_graph_defs(version_path: str | os.PathLike) -> list[Any]:
-    """The GraphDefs of every meta graph in ``saved_model.pb`` (InputError if unreadable)."""
-    pb = Path(version_path) / "saved_model.pb"
-    if not pb.is_file():
-        raise InputError(f"{pb}: missing: {Path(version_path)} is not a SavedModel version "
-                         "directory (re-export it, or remove it from the repository)")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    sm = saved_model_pb2.SavedModel()
-    try:
-        sm.ParseFromString(pb.read_bytes())
-    except DecodeError:
-        raise InputError(f"{pb}: not a SavedModel protobuf: re-export this version") from None
-    return [mg.graph_def for mg in sm.meta_graphs]
-
-
-def saved_model_trt_ops(version_path: str | os.PathLike) -> set[str]:
-    """TensorRT op types in ``saved_model.pb`` (all meta graphs, library functions included).
-
-    The proto is parsed rather than trusting build_info alone: a TF-TRT SavedModel copied in
-    by hand has no build_info, and it is the ops that make a server refuse the model.
-    """
-    ops: set[str] = set()
-    for gd in saved_model_graph_defs(version_path):
-        ops |= compat.trt_ops(gd)
-    return ops
-
-
 def scan_version(name: str, version: int, path: str | os.PathLike) -> ArtefactInfo:
     """Gate facts for one version: TRT ops, ops no stock server runs, build_info fields."""
-    info = read_build_info(path) or {}
+    info = artifact.read_build_info(path) or {}
     trt: set[str] = set()
     missing: set[str] = set()
-    for gd in saved_model_graph_defs(path):
+    for gd in artifact.graph_defs(path):
         trt |= compat.trt_ops(gd)
         missing |= compat.serving_missing_ops(gd)
     trt_info = info.get("tensorrt") if isinstance(info.get("tensorrt"), dict) else {}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.config import compat
+from builder.core import artifact
 from builder.core.errors import CompatibilityError, ConfigError, InputError, UnavailableError
 from builder.core.layout import atomic_write_text, list_versions, version_dir
 from builder.deploy import image as simage
@@ -204,7 +205,7 @@ def plan(
             raise InputError(f"--version {pinned}: not in {mdir} (has {', '.join(map(str, versions))})")
         art = simage.scan_version(name, pinned, version_dir(repo, name, pinned))
         optimizer, has_trt = art.optimizer, art.has_trt
-        info = simage.read_build_info(art.path) or {}
+        info = artifact.read_build_info(art.path) or {}
         batch_sizes = [int(b) for b in info.get("batch_sizes") or []]
 
     # ---- GPU and the compatibility gate ----

@@ -28,7 +28,7 @@ import numpy as np
 
 from builder import __version__
 from builder.config import compat
-from builder.core import layout
+from builder.core import artifact, layout
 from builder.core.errors import GraphError, InputError, VersionError
 from builder.core.model import NormalizedModel
 from builder.export import parity
@@ -37,7 +37,6 @@ from builder.options import as_int_list, as_list, as_mapping
 
 DEFAULT_BATCH_SIZES = (1, 8, 100)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
 
 @dataclass
@@ -151,7 +150,7 @@ def write_warmup(path: Path, name: str, samples: dict[str, np.ndarray], batch_si
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    per_batch = max(1, min(per_batch, MAX_WARMUP_RECORDS // max(1, len(batch_sizes))))
+    per_batch = max(1, min(per_batch, artifact.MAX_WARMUP_RECORDS // max(1, len(batch_sizes))))
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with tf.io.TFRecordWriter(str(path)) as w:
@@ -170,18 +169,6 @@ def write_warmup(path: Path, name: str, samples: dict[str, np.ndarray], batch_si
                 w.write(data)
                 count += 1
     return count
-
-
-def write_golden(path: Path, samples: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-    arrays = {f"in/{k}": _npz_safe(v) for k, v in samples.items()}
-    arrays.update({f"out/{k}": _npz_safe(v) for k, v in outputs.items()})
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def _npz_safe(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v)
-    return v.astype(bytes) if v.dtype == object else v
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -336,9 +323,9 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
                     shutil.rmtree(plain, ignore_errors=True)
             extra = out / "assets.extra"
             extra.mkdir(parents=True, exist_ok=True)
-            n_warm = write_warmup(extra / "tf_serving_warmup_requests", o.name, samples,
+            n_warm = write_warmup(out / artifact.WARMUP_FILE, o.name, samples,
                                   o.batch_sizes, o.warmup_records)
-            write_golden(extra / "golden.npz", samples, expected)
+            artifact.write_golden(out, samples, expected)
             _test_pause("before_parity")
             with progress.step("parity check: exported SavedModel vs source model"):
                 table = None
@@ -362,7 +349,7 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
             version = o.version if o.version is not None else layout.next_version(model_dir)
             info = _build_info(o, flow, model, graph_model, version, report, opt_info, trt_info,
                                n_warm, time.perf_counter() - t0)
-            layout.atomic_write_text(extra / "build_info.json", json.dumps(info, indent=2) + "\n")
+            artifact.write_build_info(out, info)
             (staging / "reproduce.sh").write_text("#!/bin/sh\n" + info["reproduce"] + "\n")
             _test_pause("before_promote")
             with progress.step(f"promoting to {model_dir / str(version)}"):

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from builder.core import artifact
 from builder.core.errors import GraphError, InputError, UnavailableError
 from builder.core.model import TensorInfo
 
@@ -567,17 +568,6 @@ def convert_saved_model(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
 # --------------------------------------------------------------------------- restoring
 
 
-def _read_saved_model(path: Path) -> Any:
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    sm = saved_model_pb2.SavedModel()
-    try:
-        sm.ParseFromString((path / "saved_model.pb").read_bytes())
-    except (OSError, Exception) as e:  # noqa: BLE001 - protobuf raises DecodeError subclasses
-        raise GraphError(f"{path}/saved_model.pb: cannot read it ({e})") from None
-    return sm
-
-
 def _serve_meta_graph(sm: Any, path: Path) -> Any:
     for mg in sm.meta_graphs:
         if "serve" in mg.meta_info_def.tags:
@@ -593,7 +583,7 @@ def restore_signature(dst_dir: str | os.PathLike, inputs: list[TensorInfo],
     (``save()`` keeps only the converted one), pointing at the converted tensors. Returns what
     changed (empty if the converter kept everything)."""
     dst = Path(dst_dir)
-    sm = _read_saved_model(dst)
+    sm = artifact.read_saved_model(dst)
     mg = _serve_meta_graph(sm, dst)
     if signature_key not in mg.signature_def:
         raise GraphError(f"{dst}: the converted SavedModel has no signature '{signature_key}' "
@@ -607,7 +597,7 @@ def restore_signature(dst_dir: str | os.PathLike, inputs: list[TensorInfo],
         sig.method_name = "tensorflow/serving/predict"
     if src_dir is not None:
         src = Path(src_dir)
-        src_mg = _serve_meta_graph(_read_saved_model(src), src)
+        src_mg = _serve_meta_graph(artifact.read_saved_model(src), src)
         for key, other in src_mg.signature_def.items():
             if key in mg.signature_def:
                 continue

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from builder.core import layout
+from builder.core import artifact, layout
 from builder.core.errors import ConfigError, InputError, PublishError
 
 MANIFEST_FORMAT = "tfs-builder-manifest/1"
-MANIFEST_REL = layout.MANIFEST_FILE.as_posix()
-BUILD_INFO_REL = layout.BUILD_INFO_FILE.as_posix()
-SAVED_MODEL_REL = "saved_model.pb"
+MANIFEST_REL = artifact.MANIFEST_FILE.as_posix()
+BUILD_INFO_REL = artifact.BUILD_INFO_FILE.as_posix()
+SAVED_MODEL_REL = artifact.SAVED_MODEL_FILE
 _CHUNK = 1 << 20
 
 

@@ -38,12 +38,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from builder.core.artifact import MAX_WARMUP_RECORDS, WARMUP_FILE
 from builder.core.errors import ConfigError, InputError, ServingError, UnavailableError
-from builder.core.layout import WARMUP_FILE, is_version_name
+from builder.core.layout import is_version_name
 
 DEFAULT_REST_MAX_BODY_BYTES = 256 * 1024 * 1024
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # tensorflow_model_server sets kint32max
-MAX_WARMUP_RECORDS = 1000  # WarmupConsts::kMaxNumRecords
 MAX_LOAD_RETRIES = 5  # tensorflow_model_server --max_num_load_retries default
 LOG_BEGIN = "=" * 20 + " BEGIN server log ({}) " + "=" * 20
 LOG_END = "=" * 20 + " END server log ({}) " + "=" * 20
