@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder.serve.server import (
+from builder.serve.handles import (
     LOG_BEGIN,
     LOG_END,
     ContainerServer,
@@ -172,9 +172,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 @pytest.fixture(scope="module")
 def rest(server):
     """A keep-alive REST client on the backend under test."""
-    from integration_tests.clients import Rest
+    from builder.serve.client import RestClient
 
-    c = Rest(server)
+    c = RestClient(server.rest_url)
     yield c
     c.close()
 
@@ -182,8 +182,8 @@ def rest(server):
 @pytest.fixture(scope="module")
 def grpc_client(server):
     """A gRPC client (official tensorflow_serving.apis stubs) on the backend under test."""
-    from integration_tests.clients import Grpc
+    from builder.serve.client import GrpcClient
 
-    c = Grpc(server)
+    c = GrpcClient(server.grpc_target, max_message_bytes=64 * 1024 * 1024)
     yield c
     c.close()

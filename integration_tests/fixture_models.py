@@ -159,8 +159,8 @@ def read_build_info(version_dir: str | os.PathLike) -> dict:
 def write_models_config(path: str | os.PathLike, models: list[dict]) -> Path:
     """models.config from dicts {name, base_path, policy?: latest|all|specific, versions?,
     num_versions?, labels?}; rendered with the official ModelServerConfig proto."""
+    from builder.config.models_config import ModelEntry, model_server_config_text
     from builder.core.layout import atomic_write_text
-    from builder.serve.server import ModelEntry, model_server_config_text
 
     entries = [
         ModelEntry(

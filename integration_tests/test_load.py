@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from integration_tests.clients import Grpc, Rest, outputs, rows_to_arrays
+from builder.serve.client import GrpcClient, RestClient, outputs, rows_to_arrays
 from integration_tests.conftest import BACKENDS, Repo, make_server, started
 from integration_tests.fixture_models import build_toy_version, sample_inputs, toy_reference, write_models_config
 
@@ -46,7 +46,7 @@ def client(kind: str, server, stop: threading.Event, tally: Tally, x: np.ndarray
     """One client thread: REST rows or gRPC; checks each answer against the numpy reference of
     the version that answered (REST carries no version, so any accepted version must match)."""
     refs = {v: toy_reference(x, v)["y"] for v in accept}
-    conn = Rest(server) if kind == "rest" else Grpc(server)
+    conn = RestClient(server.rest_url) if kind == "rest" else GrpcClient(server.grpc_target)
     path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
     body = {"instances": x.tolist()}
     try:
@@ -196,7 +196,7 @@ def test_version_added_and_removed_under_load(hot_server, record_property):
           f"{timeline['remove_seconds']:.2f} s; {n} requests, {rps:.0f} req/s, p99 {p99:.1f} ms, 0 errors")
     record_property("add_seconds", round(timeline["add_seconds"], 2))
     record_property("remove_seconds", round(timeline["remove_seconds"], 2))
-    status = Grpc(server)
+    status = GrpcClient(server.grpc_target)
     try:
         states = {s.version: s.state for s in status.status("hot").model_version_status}
     finally:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from builder.config.companions import load_latency_budget
-from builder.serve.server import trt_engine_builds
-from integration_tests.clients import outputs, rows_to_arrays
+from builder.serve.client import outputs, rows_to_arrays
 from integration_tests.conftest import BATCH_SIZES, SERVING_CONFIGS, Repo
 from integration_tests.fixture_models import sample_inputs, toy_reference
+from integration_tests.log_checks import trt_engine_builds
 
 
 def assert_golden(got: dict[str, np.ndarray], repo: Repo, model: str, version: int) -> None:
