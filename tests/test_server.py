@@ -435,23 +435,34 @@ def test_handle_reload_config_request(repo):
 # front ends
 
 
-def test_single_model_flags_and_unimplemented_apis(repo):
+def test_single_model_flags_and_classify_on_a_predict_signature(repo):
+    """Classify/Regress on a predict signature fail as TF Serving's classifier.cc/regressor.cc
+    say (structure checked, method name not, by default); the server keeps answering."""
     from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
 
     with LocalServer(model_name="toy", model_base_path=repo / "toy") as s:
         s.wait_until_ready(30)
         assert grpc_predict(s, "toy", sample_inputs(1)).model_spec.version.value == 2
         status, body = rest_call(s, "POST", "/v1/models/toy:classify", {"examples": []})
-        assert status == 501 and "not implemented" in body["error"]
+        assert status == 400 and body["error"].endswith("'examples' value is an empty array")
+        status, body = rest_call(s, "POST", "/v1/models/toy:regress", {"examples": [{"x": [1.0]}]})
+        assert status == 400 and body["error"].startswith("Expected one output Tensor.")
+        status, body = rest_call(s, "POST", "/v1/models/toy:classify",
+                                 {"signature_name": "strings", "examples": [{"x": [1.0]}]})
+        assert status == 400 and body["error"].startswith("No classification inputs found in SignatureDef: ")
+        req = classification_pb2.ClassificationRequest()
+        req.model_spec.name = "toy"
+        req.input.example_list.examples.add()
         with grpc.insecure_channel(s.grpc_target) as ch:
             with pytest.raises(grpc.RpcError) as err:
-                prediction_service_pb2_grpc.PredictionServiceStub(ch).Classify(
-                    classification_pb2.ClassificationRequest(), timeout=5)
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                prediction_service_pb2_grpc.PredictionServiceStub(ch).Classify(req, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("No classification inputs found in SignatureDef: inputs {")
         status, body = rest_call(s, "GET", "/monitoring/prometheus/metrics")
         assert status == 404  # no monitoring config: no metrics endpoint
         status, body = rest_call(s, "GET", "/v1/models")
         assert status == 400 and body == {"error": "Missing model name in request."}
+        assert grpc_predict(s, "toy", sample_inputs(1)).model_spec.version.value == 2
 
 
 def test_monitoring_config_serves_prometheus_metrics(repo, tmp_path):

@@ -5,6 +5,11 @@ answer and the same error text here. Request side: ``{"instances": [...]}`` (row
 named input shares the batch dimension) or ``{"inputs": ...}`` (columnar), ``{"b64": ...}`` for
 binary strings, dense shapes checked level by level. Response side: ``{"predictions": ...}`` /
 ``{"outputs": ...}``; string outputs whose alias ends in ``_bytes`` go out as ``{"b64": ...}``.
+
+Big bodies are parsed by ``jsonstream`` (arrays stay text until converted group by group into
+numpy), and big responses are written block by block, so neither direction builds one Python
+object per number. Every client mistake is an ``RpcStatus`` (INVALID_ARGUMENT unless TF Serving
+says otherwise), never an exception that would become a 500.
 """
 
 from __future__ import annotations
@@ -15,11 +20,37 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from builder.serve.status import RpcStatus
+from builder.serve import jsonstream
+from builder.serve.jsonstream import JsonParseError, LazyArray, NotDense
+from builder.serve.status import RpcStatus, invalid
+
+MAX_RANK = 32  # numpy's limit on dimensions (TensorFlow allows 254; TF Serving would fail later)
+_RESPONSE_BLOCK = 1 << 16  # elements per response block
+
+# Python's json messages -> rapidjson's (what TF Serving prints), where one maps to one.
+_RAPIDJSON_WORDING = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+    "Extra data": "The document root must not be followed by other values.",
+}
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, LazyArray):
+        return o.preview()
+    return str(o)
 
 
 def _json_str(v: Any) -> str:
-    return json.dumps(v, separators=(",", ":"))[:200]
+    """JsonValueToDebugString: the value as compact JSON, truncated (TF Serving: 256 bytes)."""
+    try:
+        return json.dumps(v, separators=(",", ":"), default=_json_default)[:200]
+    except (RecursionError, ValueError):
+        return "..."
 
 
 def _json_type(v: Any) -> str:
@@ -33,13 +64,21 @@ def _json_type(v: Any) -> str:
         return "String"
     if isinstance(v, (int, float)):
         return "Number"
-    if isinstance(v, list):
+    if isinstance(v, (list, LazyArray)):
         return "Array"
     return "Object"
 
 
 def _is_b64(v: Any) -> bool:
     return isinstance(v, dict) and len(v) == 1 and "b64" in v
+
+
+def b64decode(text: str) -> bytes:
+    """absl::Base64Unescape: standard alphabet, padding optional."""
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid("Unable to base64 decode") from None
 
 
 def _dense_shape(v: Any) -> list[int]:
@@ -49,7 +88,15 @@ def _dense_shape(v: Any) -> list[int]:
         if not v:
             break
         v = v[0]
+        if len(shape) > MAX_RANK:
+            break
     return shape
+
+
+def _check_rank(shape: list[int]) -> None:
+    if len(shape) > MAX_RANK:
+        raise invalid(f"JSON lists nested deeper than {MAX_RANK} levels: tensors of rank > {MAX_RANK} "
+                      "are not supported")
 
 
 def _leaf(v: Any, dtype: Any) -> Any:
@@ -57,25 +104,17 @@ def _leaf(v: Any, dtype: Any) -> Any:
     import numpy as np
 
     def type_error() -> RpcStatus:
-        return RpcStatus(
-            "INVALID_ARGUMENT",
-            f"JSON Value: {_json_str(v)} Type: {_json_type(v)} is not of expected type: "
-            f"{tf_dtype_name(dtype)}",
-        )
+        return invalid(f"JSON Value: {_json_str(v)} Type: {_json_type(v)} is not of expected type: "
+                       f"{tf_dtype_name(dtype)}")
 
     if dtype == np.object_:
         if isinstance(v, str):
             return v.encode("utf-8")
         if _is_b64(v):
             if not isinstance(v["b64"], str):
-                raise RpcStatus("INVALID_ARGUMENT",
-                                f"JSON Value: {_json_str(v)} not formatted correctly for base64 data")
-            try:
-                return base64.b64decode(v["b64"], validate=True)
-            except (binascii.Error, ValueError):
-                raise RpcStatus("INVALID_ARGUMENT", "Unable to base64 decode") from None
+                raise invalid(f"JSON Value: {_json_str(v)} not formatted correctly for base64 data")
+            return b64decode(v["b64"])
         raise type_error()
-    _check_json_dtype(v, dtype)
     kind = np.dtype(dtype).kind
     if kind == "b":
         if isinstance(v, bool):
@@ -84,11 +123,15 @@ def _leaf(v: Any, dtype: Any) -> Any:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise type_error()
     if kind in "iu":
-        if not isinstance(v, int):
-            raise type_error()
         info = np.iinfo(dtype)
-        if not info.min <= v <= info.max:
+        if not isinstance(v, int) or not info.min <= v <= info.max:
             raise type_error()
+        return v
+    if isinstance(v, int) and not -(2**64) < v < 2**64:
+        try:
+            return float(v)  # rapidjson stores integers beyond 64 bits as doubles
+        except OverflowError:
+            raise invalid("JSON Parse error: Number too big to be stored in double.") from None
     return v
 
 
@@ -102,62 +145,113 @@ def _check_json_dtype(v: Any, dtype: Any) -> None:
 
     name = "object" if dtype == np.object_ else np.dtype(dtype).name
     if name not in _JSON_DTYPES:
-        raise RpcStatus("UNIMPLEMENTED",
-                        f"Conversion of JSON Value: {_json_str(v)} to type: {tf_dtype_name(dtype)}")
+        raise RpcStatus("UNIMPLEMENTED", f"Conversion of JSON Value: {_json_str(v)} to type: {tf_dtype_name(dtype)}")
 
 
 def _fill(v: Any, level: int, shape: list[int], dtype: Any, out: list) -> None:
     rank = len(shape)
     if not isinstance(v, list):
         if level != rank:
-            raise RpcStatus(
-                "INVALID_ARGUMENT",
-                f"JSON Value: {_json_str(v)} found at incorrect level: {level + 1} in the JSON "
-                f"DOM. Expected at level: {rank}",
-            )
+            raise invalid(f"JSON Value: {_json_str(v)} found at incorrect level: {level + 1} in the JSON "
+                          f"DOM. Expected at level: {rank}")
         out.append(_leaf(v, dtype))
         return
     if level >= rank:
-        raise RpcStatus("INVALID_ARGUMENT",
-                        f"Encountered list at unexpected level: {level} expected < {rank}")
+        raise invalid(f"Encountered list at unexpected level: {level} expected < {rank}")
     if len(v) != shape[level]:
-        raise RpcStatus(
-            "INVALID_ARGUMENT",
-            f"Encountered list at unexpected size: {len(v)} at level: {level} expected size: "
-            f"{shape[level]}",
-        )
+        raise invalid(f"Encountered list at unexpected size: {len(v)} at level: {level} expected size: "
+                      f"{shape[level]}")
     for item in v:
         _fill(item, level + 1, shape, dtype, out)
 
 
+def _vectorised(value: list, dtype: Any, shape: list[int]) -> Any:
+    """numpy's own conversion when it provably equals json_tensor.cc's (numbers only, dense,
+    in range); None to take the checked path."""
+    import numpy as np
+
+    try:
+        arr = np.asarray(value)
+    except (ValueError, OverflowError):
+        return None
+    if arr.dtype.kind not in "fiu" or list(arr.shape) != shape:
+        return None
+    kind = np.dtype(dtype).kind
+    if kind in "iu":
+        if arr.dtype.kind not in "iu":
+            return None
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            return None
+    elif kind != "f":
+        return None
+    return arr.astype(dtype, copy=False)
+
+
 def json_to_array(value: Any, dtype: Any, may_have_bools: bool = True) -> Any:
-    """A JSON value (nested lists / scalar / b64 object) -> numpy array of ``dtype``, with
-    json_tensor.cc's checks (dense shape, value types). Numeric lists take a vectorised path."""
+    """A JSON value (nested lists / scalar / b64 object / LazyArray) -> numpy array of ``dtype``,
+    with json_tensor.cc's checks (dense shape, value types). ``may_have_bools=False`` (the text
+    holds no true/false token) allows the vectorised path, which cannot tell 1 from true."""
     import numpy as np
 
     _check_json_dtype(value, dtype)
-    if dtype != np.object_ and isinstance(value, list) and not may_have_bools:
-        try:
-            arr = np.asarray(value)
-        except (ValueError, OverflowError):
-            arr = None
-        if arr is not None and arr.dtype.kind in "fiu" and list(arr.shape) == _dense_shape(value):
-            kind = np.dtype(dtype).kind
-            if kind == "f" or (kind in "iu" and arr.dtype.kind in "iu"):
-                if kind in "iu" and arr.size:
-                    info = np.iinfo(dtype)
-                    if arr.min() < info.min or arr.max() > info.max:
-                        arr = None
-                if arr is not None:
-                    return arr.astype(dtype, copy=False)
+    if isinstance(value, LazyArray):
+        return _lazy_to_array(value, dtype)
     shape = _dense_shape(value)
+    _check_rank(shape)
+    if dtype != np.object_ and isinstance(value, list) and not may_have_bools:
+        arr = _vectorised(value, dtype, shape)
+        if arr is not None:
+            return arr
     flat: list = []
     _fill(value, 0, shape, dtype, flat)
+    return _from_flat(flat, dtype, shape)
+
+
+def _from_flat(flat: list, dtype: Any, shape: list[int]) -> Any:
+    import numpy as np
+
     if dtype == np.object_:
         out = np.empty(len(flat), dtype=object)
         out[:] = flat
         return out.reshape(shape)
     return np.array(flat, dtype=dtype).reshape(shape)
+
+
+def _lazy_to_array(lazy: LazyArray, dtype: Any) -> Any:
+    """A big array, group by group: the dense numeric fast path for float tensors, else each
+    group through the same checks as a small body (same errors, bounded memory)."""
+    import numpy as np
+
+    if lazy.empty():
+        return _from_flat([], dtype, [0])
+    inner = _dense_shape(lazy.first())
+    _check_rank([0, *inner])
+    if np.dtype(dtype).kind == "f":
+        try:
+            return _concat([b.astype(dtype) for b in lazy.numeric_blocks(inner)])
+        except NotDense:
+            pass
+    shape = [0, *inner]  # level 0 is the array itself: its length is never checked
+    blocks = []
+    for _, group, (lo, hi) in lazy.groups():
+        bools = lazy.span_has("true", lo, hi) or lazy.span_has("false", lo, hi)
+        arr = None
+        if dtype != np.object_ and not bools:
+            arr = _vectorised(group, dtype, [len(group), *inner])
+        if arr is None:
+            flat: list = []
+            for item in group:
+                _fill(item, 1, shape, dtype, flat)
+            arr = _from_flat(flat, dtype, [len(group), *inner])
+        blocks.append(arr)
+    return _concat(blocks)
+
+
+def _concat(blocks: list) -> Any:
+    import numpy as np
+
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 _TF_DTYPE_NAMES = {"float32": "float", "float64": "double", "float16": "half", "object": "string"}
@@ -171,104 +265,154 @@ def tf_dtype_name(dtype: Any) -> str:
     return _TF_DTYPE_NAMES.get(name, name)
 
 
+# ---------------------------------------------------------------------------------------------
+# Request bodies
+
+
+def parse_json_object(body: bytes | bytearray | str) -> Any:
+    """A request body -> its top-level JSON object (ParseJson): TF Serving's errors for an empty
+    body, a syntax error, or a non-object; big bodies keep their tensor arrays as LazyArrays."""
+    if not body:
+        raise invalid("JSON Parse error: The document is empty")
+    text = body if isinstance(body, str) else _decode(body)
+    if len(text) < jsonstream.STREAM_MIN_CHARS and text.isspace():
+        raise invalid(f"JSON Parse error: The document is empty. at offset: {len(text)}")
+    try:
+        if len(text) >= jsonstream.STREAM_MIN_CHARS:
+            doc = jsonstream.parse_document(text)
+        else:
+            doc = json.loads(text)
+    except JsonParseError as e:
+        raise invalid(str(e)) from None
+    except json.JSONDecodeError as e:
+        raise invalid(f"JSON Parse error: {_RAPIDJSON_WORDING.get(e.msg, e.msg)} at offset: {e.pos}") from None
+    except RecursionError:
+        raise invalid("JSON Parse error: the document nests arrays or objects too deeply") from None
+    except ValueError as e:  # e.g. an integer literal of more than 4300 digits
+        raise invalid(f"JSON Parse error: Number too big to be stored in double. ({str(e)[:80]})") from None
+    if not isinstance(doc, dict):
+        raise invalid(f"JSON Value: {_json_str(doc)} Is not object")
+    if "signature_name" in doc and not isinstance(doc["signature_name"], str):
+        raise invalid(f"JSON Value: {_json_str(doc)} not formatted correctly. 'signature_name' key must be "
+                      "a string value.")
+    return doc
+
+
+def _decode(body: bytes | bytearray) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise invalid(f"JSON Parse error: Invalid encoding in string. at offset: {e.start}") from None
+
+
+def may_have_bools(body: bytes | bytearray | str) -> bool:
+    """Whether the text holds a true/false token (the vectorised path cannot tell 1 from true)."""
+    if isinstance(body, str):
+        return "true" in body or "false" in body
+    return b"true" in body or b"false" in body
+
+
 def parse_predict_json(body: bytes, input_dtypes: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """REST predict body -> ({alias: array}, "row"|"columnar"). ``input_dtypes`` is the chosen
     signature's inputs (alias -> numpy dtype; object for strings)."""
-    return predict_inputs_from_doc(parse_json_object(body), input_dtypes,
-                                   b"true" in body or b"false" in body)
+    return predict_inputs_from_doc(parse_json_object(body), input_dtypes, may_have_bools(body))
 
 
 def predict_inputs_from_doc(doc: dict, input_dtypes: dict[str, Any],
                             may_have_bools: bool = True) -> tuple[dict[str, Any], str]:
-    """A parsed predict body -> inputs. ``may_have_bools=False`` (the raw body holds no
-    true/false token) allows the vectorised numeric path, which cannot tell 1 from true."""
-    instances, inputs = doc.get("instances"), doc.get("inputs")
+    """A parsed predict body -> inputs (FillPredictRequestFromJson)."""
     if "instances" in doc and "inputs" in doc:
-        raise RpcStatus("INVALID_ARGUMENT",
-                        f"JSON Value: {_json_str(doc)} Not formatted correctly expecting only one "
-                        "of 'inputs' or 'instances' keys to exist ")
+        raise invalid(f"JSON Value: {_json_str(doc)} Not formatted correctly expecting only one of 'inputs' or "
+                      "'instances' keys to exist ")
     names = sorted(input_dtypes)
+    if not names:
+        raise invalid(f"Failed to get input map for signature: {doc.get('signature_name') or 'DEFAULT'}")
     if "instances" in doc:
-        if not isinstance(instances, list):
-            raise RpcStatus("INVALID_ARGUMENT",
-                            f"JSON Value: {_json_str(doc)} Expecting 'instances' to be an list/array")
-        if not instances:
-            raise RpcStatus("INVALID_ARGUMENT",
-                            f"JSON Value: {_json_str(doc)} No values in 'instances' array")
+        instances = doc["instances"]
+        if not isinstance(instances, (list, LazyArray)):
+            raise invalid(f"JSON Value: {_json_str(doc)} Expecting 'instances' to be an list/array")
+        if (instances.empty() if isinstance(instances, LazyArray) else not instances):
+            raise invalid(f"JSON Value: {_json_str(doc)} No values in 'instances' array")
         return _rows(instances, input_dtypes, names, may_have_bools), "row"
     if "inputs" in doc:
-        if not isinstance(inputs, dict) or _is_b64(inputs):
-            if len(names) > 1:
-                raise RpcStatus("INVALID_ARGUMENT",
-                                "inputs is a plain value/list, but expecting an object as multiple "
-                                "input tensors required as per tensorinfo_map")
-            return {names[0]: json_to_array(inputs, input_dtypes[names[0]], may_have_bools)}, "columnar"
-        out = {}
-        for name in names:
-            if name not in inputs:
-                raise RpcStatus("INVALID_ARGUMENT", f"Missing named input: {name} in 'inputs' object.")
-            out[name] = json_to_array(inputs[name], input_dtypes[name], may_have_bools)
-        return out, "columnar"
-    raise RpcStatus("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
+        return _columns(doc["inputs"], input_dtypes, names, may_have_bools), "columnar"
+    raise invalid("Missing 'inputs' or 'instances' key")
 
 
-def parse_json_object(body: bytes) -> dict:
-    if not body or not body.strip():
-        raise RpcStatus("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise RpcStatus("INVALID_ARGUMENT",
-                        f"JSON Parse error: Invalid encoding in string. at offset: {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise RpcStatus("INVALID_ARGUMENT",
-                        f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
-    if not isinstance(doc, dict):
-        raise RpcStatus("INVALID_ARGUMENT", f"JSON Value: {_json_str(doc)} Is not object")
-    if "signature_name" in doc and not isinstance(doc["signature_name"], str):
-        raise RpcStatus("INVALID_ARGUMENT",
-                        f"JSON Value: {_json_str(doc)} not formatted correctly. 'signature_name' "
-                        "key must be a string value.")
-    return doc
+def _columns(inputs: Any, dtypes: dict[str, Any], names: list[str], may_have_bools: bool) -> dict:
+    """Columnar format (FillTensorMapFromInputsMap)."""
+    if not isinstance(inputs, dict) or _is_b64(inputs):
+        if len(names) > 1:
+            raise invalid("inputs is a plain value/list, but expecting an object as multiple input tensors "
+                          "required as per tensorinfo_map")
+        return {names[0]: json_to_array(inputs, dtypes[names[0]], may_have_bools)}
+    out = {}
+    for name in names:
+        if name not in inputs:
+            raise invalid(f"Missing named input: {name} in 'inputs' object.")
+        out[name] = json_to_array(inputs[name], dtypes[name], may_have_bools)
+    return out
 
 
-def _rows(instances: list, dtypes: dict[str, Any], names: list[str], may_have_bools: bool) -> dict:
+def _instance_groups(instances: list | LazyArray, may_have_bools: bool) -> Iterable[tuple[int, list, bool]]:
+    """(index of first element, elements, may hold true/false) per group of instances."""
+    if isinstance(instances, list):
+        yield 0, instances, may_have_bools
+        return
+    for index, group, (lo, hi) in instances.groups():
+        yield index, group, instances.span_has("true", lo, hi) or instances.span_has("false", lo, hi)
+
+
+def _rows(instances: list | LazyArray, dtypes: dict[str, Any], names: list[str], may_have_bools: bool) -> dict:
     """Row format: each element of "instances" is one batch item (a value, or an object keyed by
     input name); items are stacked into one tensor per input (FillTensorMapFromInstancesList)."""
     import numpy as np
 
-    first = instances[0]
+    first = instances.first() if isinstance(instances, LazyArray) else instances[0]
     objects = isinstance(first, dict) and not _is_b64(first)
     if not objects and len(names) > 1:
-        raise RpcStatus("INVALID_ARGUMENT",
-                        "instances is a plain list, but expecting list of objects as multiple "
-                        "input tensors required as per tensorinfo_map")
-    if not objects and dtypes[names[0]] != np.object_ and not may_have_bools:
-        try:  # vectorised path; any irregularity falls through to the element-wise checks
-            arr = json_to_array(instances, dtypes[names[0]], may_have_bools=False)
-            if arr.ndim >= 1 and arr.shape[0] == len(instances):
-                return {names[0]: arr}
-        except RpcStatus:
+        raise invalid("instances is a plain list, but expecting list of objects as multiple input tensors "
+                      "required as per tensorinfo_map")
+    if not objects and dtypes[names[0]] != np.object_ and isinstance(instances, LazyArray) \
+            and np.dtype(dtypes[names[0]]).kind == "f":
+        try:  # dense numeric rows: numpy blocks straight from the text
+            inner = _dense_shape(first)
+            _check_rank([0, *inner])
+            return {names[0]: _concat([b.astype(dtypes[names[0]]) for b in instances.numeric_blocks(inner)])}
+        except (NotDense, RpcStatus):
             pass
-    per_name: dict[str, list] = {n: [] for n in names}
     shapes: dict[str, list[int]] = {}
-    for i, elem in enumerate(instances):
+    blocks: dict[str, list] = {n: [] for n in names}
+    for offset, group, bools in _instance_groups(instances, may_have_bools):
+        for name, arr in _rows_group(group, offset, objects, dtypes, names, shapes, bools).items():
+            blocks[name].append(arr)
+    return {n: _concat(b) for n, b in blocks.items()}
+
+
+def _rows_group(group: list, offset: int, objects: bool, dtypes: dict[str, Any], names: list[str],
+                shapes: dict[str, list[int]], bools: bool) -> dict:
+    """One group of instances -> one stacked block per input, checked item by item."""
+    import numpy as np
+
+    if not objects and dtypes[names[0]] != np.object_ and not bools:
+        arr = _vectorised(group, dtypes[names[0]], _dense_shape(group))
+        want = shapes.get(names[0])
+        if arr is not None and arr.ndim >= 1 and (want is None or list(arr.shape[1:]) == want):
+            shapes.setdefault(names[0], list(arr.shape[1:]))
+            return {names[0]: arr}
+    per_name: dict[str, list] = {n: [] for n in names}
+    for i, elem in enumerate(group, start=offset):
         is_obj = isinstance(elem, dict) and not _is_b64(elem)
         if objects and not is_obj:
-            raise RpcStatus("INVALID_ARGUMENT", f"Expecting object but got list at item {i} of input list")
+            raise invalid(f"Expecting object but got list at item {i} of input list")
         if not objects and is_obj:
-            raise RpcStatus("INVALID_ARGUMENT",
-                            f"Expecting value/list but got object at item {i} of input list")
+            raise invalid(f"Expecting value/list but got object at item {i} of input list")
         items = elem.items() if objects else [(names[0], elem)]
         for name, value in items:
-            per_name[name].append(_instance_item(i, name if objects else None, value, dtypes, shapes,
-                                                 may_have_bools))
+            per_name[name].append(_instance_item(i, name if objects else None, value, dtypes, shapes, bools))
         if objects and set(elem) != set(names):
-            raise RpcStatus(
-                "INVALID_ARGUMENT",
-                f"Failed to process element: {i} of 'instances' list. JSON object: "
-                f"{_json_str(elem)} keys must be equal to: {','.join(names)}",
-            )
+            raise invalid(f"Failed to process element: {i} of 'instances' list. JSON object: {_json_str(elem)} "
+                          f"keys must be equal to: {','.join(names)}")
     return {n: np.stack(v) for n, v in per_name.items()}
 
 
@@ -281,67 +425,86 @@ def _instance_item(i: int, key: str | None, value: Any, dtypes: dict[str, Any],
     name = key if key is not None else next(iter(sorted(dtypes)))
     try:
         if name not in dtypes:
-            raise RpcStatus("INVALID_ARGUMENT", f"JSON object: does not have named input: {name}")
+            raise invalid(f"JSON object: does not have named input: {name}")
         arr = json_to_array(value, dtypes[name], may_have_bools)
         want = shapes.setdefault(name, list(arr.shape))
         if int(np.prod(want)) != arr.size:
-            raise RpcStatus("INVALID_ARGUMENT", f"Expecting tensor size: {int(np.prod(want))} but got: {arr.size}")
+            raise invalid(f"Expecting tensor size: {int(np.prod(want))} but got: {arr.size}")
         if want != list(arr.shape):
-            raise RpcStatus("INVALID_ARGUMENT",
-                            f"Expecting shape {shape_str(want)} but got: {shape_str(arr.shape)}")
+            raise invalid(f"Expecting shape {shape_str(want)} but got: {shape_str(arr.shape)}")
         return arr
     except RpcStatus as e:
         where = f" key: {key}" if key is not None else ""
-        raise RpcStatus(
-            "INVALID_ARGUMENT",
-            f"Failed to process element: {i}{where} of 'instances' list. Error: INVALID_ARGUMENT: {e.message}",
-        ) from None
+        raise invalid(f"Failed to process element: {i}{where} of 'instances' list. Error: {e.code}: "
+                      f"{e.message}") from None
 
 
 def shape_str(shape: Iterable[int]) -> str:
     return "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
-def _jsonable(arr: Any, alias: str) -> Any:
-    """numpy -> JSON value; string tensors whose alias ends in _bytes go out as {"b64": ...}
-    (json_tensor.cc IsNamedTensorBytes), other strings as UTF-8 text."""
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def _scalar_json(x: Any, as_b64: bool) -> Any:
+    if as_b64:
+        return {"b64": base64.b64encode(bytes(x)).decode("ascii")}
+    return x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+
+
+def _array_json(arr: Any, alias: str) -> str:
+    """One tensor as JSON text (MakeJsonFromTensors): string tensors whose alias ends in _bytes
+    as {"b64": ...} (IsNamedTensorBytes), other strings as UTF-8 text; big tensors block by block."""
     import numpy as np
 
     if arr.dtype == np.object_ or arr.dtype.kind == "S":
         as_b64 = alias.endswith("_bytes")
-        flat = [
-            {"b64": base64.b64encode(bytes(x)).decode("ascii")} if as_b64
-            else (x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x))
-            for x in arr.reshape(-1)
-        ]
-        out = np.empty(len(flat), dtype=object)
-        out[:] = flat
-        return out.reshape(arr.shape).tolist()
-    if arr.dtype.kind == "f" and arr.dtype.itemsize < 4:
+        flat = np.empty(arr.size, dtype=object)
+        flat[:] = [_scalar_json(x, as_b64) for x in arr.reshape(-1)]
+        arr = flat.reshape(arr.shape)
+    elif arr.dtype.kind == "f" and arr.dtype.itemsize < 4:
         arr = arr.astype(np.float32)
-    return arr.tolist()
+    if arr.ndim == 0 or arr.size <= _RESPONSE_BLOCK:
+        return json.dumps(arr.tolist(), separators=(",", ":"))
+    step = max(1, _RESPONSE_BLOCK // max(1, arr.size // arr.shape[0]))
+    parts = [json.dumps(arr[i:i + step].tolist(), separators=(",", ":"))[1:-1] for i in range(0, arr.shape[0], step)]
+    return "[" + ",".join(p for p in parts if p) + "]"
 
 
-def predict_response_json(outputs: dict[str, Any], fmt: str) -> dict:
-    """Outputs -> TF Serving's {"predictions": ...} (row) or {"outputs": ...} (columnar)."""
+def encode_predict_response(outputs: dict[str, Any], fmt: str) -> bytes:
+    """Outputs -> TF Serving's {"predictions": ...} (row) or {"outputs": ...} (columnar), as bytes."""
     if fmt == "columnar":
         if len(outputs) == 1:
             (alias, arr), = outputs.items()
-            return {"outputs": _jsonable(arr, alias)}
-        return {"outputs": {a: _jsonable(v, a) for a, v in outputs.items()}}
+            return ('{"outputs":' + _array_json(arr, alias) + "}").encode()
+        body = ",".join(json.dumps(a) + ":" + _array_json(v, a) for a, v in outputs.items())
+        return ('{"outputs":{' + body + "}}").encode()
     batch = None
     for alias, arr in outputs.items():
         if arr.ndim == 0:
-            raise RpcStatus("INVALID_ARGUMENT", f"Tensor name: {alias} has no shape information ")
+            raise invalid(f"Tensor name: {alias} has no shape information ")
         if batch is not None and arr.shape[0] != batch:
-            raise RpcStatus("INVALID_ARGUMENT",
-                            f"Tensor name: {alias} has inconsistent batch size: {arr.shape[0]} "
-                            f"expecting: {batch}")
+            raise invalid(f"Tensor name: {alias} has inconsistent batch size: {arr.shape[0]} expecting: {batch}")
         batch = arr.shape[0]
-    lists = {a: _jsonable(v, a) for a, v in outputs.items()}
-    if len(lists) == 1:
-        return {"predictions": next(iter(lists.values()))}
-    return {"predictions": [{a: lists[a][i] for a in lists} for i in range(batch or 0)]}
+    if len(outputs) == 1:
+        (alias, arr), = outputs.items()
+        return ('{"predictions":' + _array_json(arr, alias) + "}").encode()
+    parts = []
+    for i in range(0, batch or 0, _RESPONSE_BLOCK // 8 or 1):
+        block = {a: json.loads(_array_json(v[i:i + _RESPONSE_BLOCK // 8], a)) for a, v in outputs.items()}
+        rows = [{a: block[a][j] for a in outputs} for j in range(len(next(iter(block.values()))))]
+        parts.append(json.dumps(rows, separators=(",", ":"))[1:-1])
+    return ('{"predictions":[' + ",".join(p for p in parts if p) + "]}").encode()
+
+
+def predict_response_json(outputs: dict[str, Any], fmt: str) -> dict:
+    """``encode_predict_response`` as a JSON document (for callers that want the structure)."""
+    return json.loads(encode_predict_response(outputs, fmt))
+
+
+# ---------------------------------------------------------------------------------------------
+# Protos
 
 
 def tf_type_name(dt: Any) -> str:
@@ -355,10 +518,13 @@ def tensor_proto_to_array(proto: Any) -> Any:
     """TensorProto -> numpy; a malformed proto is the client's INVALID_ARGUMENT, not a crash."""
     import tensorflow as tf
 
+    if len(proto.tensor_shape.dim) > MAX_RANK:
+        raise invalid(f"TensorProto of rank {len(proto.tensor_shape.dim)}: tensors of rank > {MAX_RANK} are "
+                      "not supported")
     try:
         return tf.make_ndarray(proto)
     except Exception as e:  # noqa: BLE001 - any malformed TensorProto is the client's error
-        raise RpcStatus("INVALID_ARGUMENT", f"Could not parse input TensorProto: {e}") from None
+        raise invalid(f"Could not parse input TensorProto: {e}") from None
 
 
 def array_to_proto(arr: Any) -> Any:

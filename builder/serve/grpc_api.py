@@ -1,5 +1,8 @@
-"""The gRPC front end: ``tensorflow.serving.PredictionService`` and ``ModelService`` with the
-official generated stubs, so any TF Serving gRPC client talks to the local server unchanged.
+"""The gRPC front end: ``tensorflow.serving.PredictionService`` (Predict, Classify, Regress,
+MultiInference, GetModelMetadata) and ``ModelService`` (GetModelStatus,
+HandleReloadConfigRequest) with the official generated stubs, so any TF Serving gRPC client talks
+to the local server unchanged. Message sizes are capped by ``--grpc_max_message_bytes`` (gRPC
+answers RESOURCE_EXHAUSTED "Received message larger than max" past it).
 
 Imported only when a server starts (it pulls in grpc and the TF Serving protos).
 """
@@ -62,12 +65,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         resp.metadata["signature_def"].Pack(sdm)
         return resp
 
-    def _unimplemented(self, request: Any, context: Any) -> Any:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                      "the local tfs-builder server implements Predict and GetModelMetadata only; "
-                      "use tensorflow/serving for this API")
+    def Classify(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return _answer(context, lambda: self.core.classify_proto(request))
 
-    Classify = Regress = MultiInference = _unimplemented  # noqa: N815
+    def Regress(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return _answer(context, lambda: self.core.regress_proto(request))
+
+    def MultiInference(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return _answer(context, lambda: self.core.multi_inference_proto(request))
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

@@ -28,6 +28,7 @@ from builder.config.models_config import ModelEntry, parse_model_server_config, 
 from builder.core.errors import ConfigError, InputError, ServingError
 from builder.serve.client import GRPC_MAX_MESSAGE_BYTES
 from builder.serve.handles import ServerHandle
+from builder.serve.limits import InflightBytes, Limits
 from builder.serve.manager import ModelManager
 from builder.serve.metrics import Metrics
 from builder.serve.service import ServingCore
@@ -47,6 +48,24 @@ class _LogBuffer(logging.Handler):
         self.lines.append(line)
         if self.echo:
             print(line, file=sys.stderr, flush=True)
+
+
+def _initial_entries(model_config_file: str, model_name: str,
+                     model_base_path: str | os.PathLike) -> tuple[list[ModelEntry], str]:
+    """The models to serve from --model_config_file, or from --model_name/--model_base_path."""
+    if model_config_file and (model_name or model_base_path):
+        raise InputError("pass either --model_config_file or --model_name/--model_base_path, not both")
+    if model_config_file:
+        entries = read_model_server_config(model_config_file)
+        return entries, Path(model_config_file).read_text(encoding="utf-8")
+    if model_name and model_base_path:
+        base = os.path.abspath(os.fspath(model_base_path))
+        if not os.path.isdir(base):
+            raise InputError(f"--model_base_path {base} is not a directory: pass the model's "
+                             "directory (the one holding numeric version folders)")
+        return [ModelEntry(str(model_name), base)], ""
+    raise InputError("no models to serve: pass --model_config_file models.config, or "
+                     "--model_name NAME --model_base_path /abs/path/NAME")
 
 
 class LocalServer(ServerHandle):
@@ -71,54 +90,49 @@ class LocalServer(ServerHandle):
         batching_parameters_file: str | os.PathLike = "",
         grpc_max_threads: int = 16,
         echo_log: bool = False,
+        limits: Limits | None = None,
+        enable_signature_method_name_check: bool = False,
     ) -> None:
+        """Flags as ``python -m builder serve`` documents them; ``limits`` (if given) sets every
+        size/time/thread limit at once, else they come from the individual arguments."""
         super().__init__()
         self.model_config_file = str(model_config_file or "")
         self.host = host
         self._want_ports = (int(port), int(rest_api_port))
         self.config_poll = float(model_config_file_poll_wait_seconds)
         self.fs_poll = float(file_system_poll_wait_seconds)
-        self.max_body = int(rest_api_max_body_bytes)
-        self.grpc_max = int(grpc_max_message_bytes)
-        self.grpc_max_threads = int(grpc_max_threads)
+        self.limits = limits or Limits(rest_max_body_bytes=int(rest_api_max_body_bytes),
+                                       grpc_max_message_bytes=int(grpc_max_message_bytes),
+                                       grpc_max_threads=int(grpc_max_threads))
         self._log_handler = _LogBuffer(echo_log)
-        self.log = logging.getLogger(f"builder.serve.server.{id(self)}")
+        self.log = logging.getLogger(f"builder.serve.local.{id(self)}")
         self.log.propagate = False
         self.log.setLevel(logging.INFO)
         self.log.addHandler(self._log_handler)
         self.metrics_path = self._read_monitoring(monitoring_config_file)
-        if batching_parameters_file:
-            from builder.config.companions import parse_batching_parameters
-
-            try:
-                text = Path(batching_parameters_file).read_text(encoding="utf-8")
-            except OSError as e:
-                raise InputError(f"--batching_parameters_file {batching_parameters_file}: cannot read ({e})") from None
-            parse_batching_parameters(text, str(batching_parameters_file))
-            self.log.info("batching parameters in %s parsed; the local server runs each request "
-                          "at the batch size sent (no cross-request batching)", batching_parameters_file)
-        if self.model_config_file and (model_name or model_base_path):
-            raise InputError("pass either --model_config_file or --model_name/--model_base_path, not both")
-        if self.model_config_file:
-            self.expected_entries = read_model_server_config(self.model_config_file)
-            self._config_text = Path(self.model_config_file).read_text(encoding="utf-8")
-        elif model_name and model_base_path:
-            base = os.path.abspath(os.fspath(model_base_path))
-            if not os.path.isdir(base):
-                raise InputError(f"--model_base_path {base} is not a directory: pass the model's "
-                                 "directory (the one holding numeric version folders)")
-            self.expected_entries = [ModelEntry(str(model_name), base)]
-            self._config_text = ""
-        else:
-            raise InputError("no models to serve: pass --model_config_file models.config, or "
-                             "--model_name NAME --model_base_path /abs/path/NAME")
-        self.manager = ModelManager(self.log, enable_model_warmup)
+        self._check_batching(batching_parameters_file)
+        self.expected_entries, self._config_text = _initial_entries(self.model_config_file, model_name,
+                                                                   model_base_path)
+        self.manager = ModelManager(self.log, enable_model_warmup, enable_signature_method_name_check)
         self.metrics = Metrics()
-        self.core = ServingCore(self.manager, self.metrics)
+        self.core = ServingCore(self.manager, self.metrics, InflightBytes(self.limits.max_inflight_request_bytes))
         self._grpc: Any = None
         self._http: Any = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+
+    def _check_batching(self, batching_parameters_file: str | os.PathLike) -> None:
+        if not batching_parameters_file:
+            return
+        from builder.config.companions import parse_batching_parameters
+
+        try:
+            text = Path(batching_parameters_file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"--batching_parameters_file {batching_parameters_file}: cannot read ({e})") from None
+        parse_batching_parameters(text, str(batching_parameters_file))
+        self.log.info("batching parameters in %s parsed; the local server runs each request "
+                      "at the batch size sent (no cross-request batching)", batching_parameters_file)
 
     def _read_monitoring(self, path: str | os.PathLike) -> str | None:
         if not path:
@@ -162,26 +176,24 @@ class LocalServer(ServerHandle):
         want = self._want_ports[0]
         try:
             self._grpc, self.grpc_port = start_grpc_server(self.core, self.reload_config, self.host, want,
-                                                           self.grpc_max, self.grpc_max_threads)
+                                                           self.limits.grpc_max_message_bytes,
+                                                           self.limits.grpc_max_threads)
         except RuntimeError:
             raise ServingError(f"--port {want}: cannot listen for gRPC on {self.host}:{want} (in use?): "
                                "pick another port, or 0 for a free one") from None
 
     def _start_http(self) -> None:
-        from builder.serve.rest import QuietHTTPServer, make_handler
+        from builder.serve.rest import RestServer
 
-        handler = make_handler(self.core, self.max_body, self.metrics_path)
         want = self._want_ports[1]
+        server = RestServer(self.core, self.limits, self.metrics_path, self.log)
         try:
-            httpd = QuietHTTPServer((self.host, want), handler)
+            self.rest_port = server.start(self.host, want)
         except OSError as e:
+            server.stop()
             raise ServingError(f"--rest_api_port {want}: cannot listen on {self.host}:{want} ({e.strerror}): "
                                "pick another port, or 0 for a free one") from None
-        self._http, self.rest_port = httpd, httpd.server_address[1]
-        t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                             name="tfs-rest", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self._http = server
 
     def reload_config(self, entries: list[ModelEntry]) -> list[str]:
         """Apply a new config now (the gRPC HandleReloadConfigRequest path)."""
@@ -232,8 +244,7 @@ class LocalServer(ServerHandle):
     def stop(self) -> None:
         self._stop.set()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop()
             self._http = None
         if self._grpc is not None:
             self._grpc.stop(grace=1).wait(5)
@@ -254,7 +265,13 @@ def serve_command(
     file_system_poll_wait_seconds: float = 1,
     enable_model_warmup: bool = True,
     rest_api_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
+    max_inflight_request_bytes: int = Limits.max_inflight_request_bytes,
     grpc_max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES,
+    rest_api_idle_timeout_seconds: float = Limits.rest_idle_timeout_seconds,
+    rest_api_read_timeout_seconds: float = Limits.rest_read_timeout_seconds,
+    rest_api_num_threads: int = Limits.rest_api_num_threads,
+    grpc_max_threads: int = Limits.grpc_max_threads,
+    enable_signature_method_name_check: bool = False,
     monitoring_config_file: str = "",
     batching_parameters_file: str = "",
     enable_batching: bool = False,
@@ -262,8 +279,9 @@ def serve_command(
 ) -> None:
     """Serve a model repository locally, speaking TF Serving's REST and gRPC APIs.
 
-    For machines without Docker: same flags and protocols as tensorflow_model_server, so clients
-    and tests written for TF Serving run unchanged. Runs until Ctrl-C or SIGTERM.
+    For machines without Docker: same flags and protocols as tensorflow_model_server (Predict,
+    Classify, Regress, MultiInference, metadata, status, config reload), so clients and tests
+    written for TF Serving run unchanged. Runs until Ctrl-C or SIGTERM.
 
     Args:
         port: gRPC port (PredictionService, ModelService); 0 picks a free port. The chosen
@@ -273,16 +291,29 @@ def serve_command(
         model_config_file: models.config (ModelServerConfig text proto) listing the models,
             their base paths, version policies and labels. Base paths must be absolute.
         model_name: serve one model under this name (instead of --model_config_file).
-        model_base_path: that model's directory holding numeric version folders.
+        model_base_path: that model's directory holding version folders (any name that parses
+            as an integer, e.g. 3 or 00000123).
         model_config_file_poll_wait_seconds: re-read --model_config_file this often (0 means
             read once). A config that fails to parse is ignored and the old one kept.
-        file_system_poll_wait_seconds: re-scan base paths for added or removed numeric
-            versions this often (0 means scan once at startup).
-        enable_model_warmup: run each version's assets.extra/tf_serving_warmup_requests at
-            load; a bad record fails that version's load, as in TF Serving.
+        file_system_poll_wait_seconds: re-scan base paths for added or removed versions this
+            often (0 means scan once at startup).
+        enable_model_warmup: run each version's assets.extra/tf_serving_warmup_requests
+            (predict, classify, regress and multi_inference records) at load; a bad record
+            fails that version's load, as in TF Serving.
         rest_api_max_body_bytes: REST bodies larger than this get RESOURCE_EXHAUSTED (HTTP
-            429) without being parsed.
-        grpc_max_message_bytes: largest gRPC message accepted (TF Serving uses 2^31-1).
+            429) without being parsed (chunked bodies: as soon as they pass it).
+        max_inflight_request_bytes: total bytes of REST and gRPC requests being read or run at
+            once; past it new requests get RESOURCE_EXHAUSTED (429) at once (a request is always
+            admitted when nothing else is in flight).
+        grpc_max_message_bytes: largest gRPC message accepted or sent (TF Serving: 2^31-1).
+        rest_api_idle_timeout_seconds: close a REST connection idle (no complete request) this
+            long.
+        rest_api_read_timeout_seconds: answer 408 and close when a request body stalls this
+            long between reads.
+        rest_api_num_threads: threads that parse, run and encode REST requests.
+        grpc_max_threads: threads that serve gRPC requests.
+        enable_signature_method_name_check: Classify/Regress accept only signatures whose
+            method_name is classify/regress (TF Serving's flag; off by default there too).
         monitoring_config_file: MonitoringConfig text proto; with prometheus_config.enable the
             REST port also serves request metrics at prometheus_config.path.
         batching_parameters_file: BatchingParameters text proto; parsed and checked as TF
@@ -290,24 +321,53 @@ def serve_command(
         enable_batching: accepted for flag compatibility with tensorflow_model_server.
         host: address to bind; 127.0.0.1 by default (0.0.0.0 listens on all interfaces).
     """
-    server = LocalServer(
-        model_config_file=model_config_file,
-        model_name=model_name,
-        model_base_path=model_base_path,
-        port=int(port),
-        rest_api_port=int(rest_api_port),
-        host=str(host),
-        model_config_file_poll_wait_seconds=float(model_config_file_poll_wait_seconds),
-        file_system_poll_wait_seconds=float(file_system_poll_wait_seconds),
-        enable_model_warmup=_as_bool(enable_model_warmup, "--enable_model_warmup"),
-        rest_api_max_body_bytes=int(rest_api_max_body_bytes),
-        grpc_max_message_bytes=int(grpc_max_message_bytes),
-        monitoring_config_file=monitoring_config_file,
-        batching_parameters_file=batching_parameters_file,
-        echo_log=True,
+    _run_until_signalled(_server_from_flags(dict(locals())))
+
+
+def _server_from_flags(f: dict[str, Any]) -> LocalServer:
+    """serve_command's flags, checked (one-line InputError naming the flag), -> a LocalServer."""
+    limits = Limits(
+        rest_max_body_bytes=_as_number(f["rest_api_max_body_bytes"], "--rest_api_max_body_bytes", int, 1),
+        max_inflight_request_bytes=_as_number(f["max_inflight_request_bytes"], "--max_inflight_request_bytes",
+                                              int, 1),
+        grpc_max_message_bytes=_as_number(f["grpc_max_message_bytes"], "--grpc_max_message_bytes", int, 1),
+        rest_idle_timeout_seconds=_as_number(f["rest_api_idle_timeout_seconds"],
+                                             "--rest_api_idle_timeout_seconds", float, 0.1),
+        rest_read_timeout_seconds=_as_number(f["rest_api_read_timeout_seconds"],
+                                             "--rest_api_read_timeout_seconds", float, 0.1),
+        rest_api_num_threads=_as_number(f["rest_api_num_threads"], "--rest_api_num_threads", int, 1),
+        grpc_max_threads=_as_number(f["grpc_max_threads"], "--grpc_max_threads", int, 1),
     )
-    del enable_batching
-    _run_until_signalled(server)
+    return LocalServer(
+        model_config_file=f["model_config_file"],
+        model_name=f["model_name"],
+        model_base_path=f["model_base_path"],
+        port=_as_number(f["port"], "--port", int, 0),
+        rest_api_port=_as_number(f["rest_api_port"], "--rest_api_port", int, 0),
+        host=str(f["host"]),
+        model_config_file_poll_wait_seconds=_as_number(f["model_config_file_poll_wait_seconds"],
+                                                       "--model_config_file_poll_wait_seconds", float, 0),
+        file_system_poll_wait_seconds=_as_number(f["file_system_poll_wait_seconds"],
+                                                 "--file_system_poll_wait_seconds", float, 0),
+        enable_model_warmup=_as_bool(f["enable_model_warmup"], "--enable_model_warmup"),
+        monitoring_config_file=f["monitoring_config_file"],
+        batching_parameters_file=f["batching_parameters_file"],
+        echo_log=True,
+        limits=limits,
+        enable_signature_method_name_check=_as_bool(f["enable_signature_method_name_check"],
+                                                    "--enable_signature_method_name_check"),
+    )
+
+
+def _as_number(value: object, flag: str, kind: type, minimum: float) -> Any:
+    """A numeric flag, or one line naming the flag (exit 2)."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{flag} {value!r} is not a number: pass e.g. {flag} {kind(minimum)}") from None
+    if number < minimum:
+        raise InputError(f"{flag} {value!r} is too small: use a value >= {kind(minimum)}")
+    return number
 
 
 def _run_until_signalled(server: LocalServer) -> None:

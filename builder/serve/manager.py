@@ -40,9 +40,10 @@ class ModelManager:
     availability-preserving policy: new versions load before old ones unload, so "latest"
     requests always find a version during a roll."""
 
-    def __init__(self, log: logging.Logger, enable_warmup: bool = True) -> None:
+    def __init__(self, log: logging.Logger, enable_warmup: bool = True, method_check: bool = False) -> None:
         self.log = log
         self.enable_warmup = enable_warmup
+        self.method_check = method_check
         self._lock = threading.Lock()  # guards the maps below; never held while loading
         self._reconcile = threading.RLock()  # one reconcile at a time
         self._models: dict[str, _ModelRuntime] = {}
@@ -85,6 +86,11 @@ class ModelManager:
             if not states:
                 raise RpcStatus("NOT_FOUND", f"Could not find any versions of model {name}")
             return [(v, VersionState(**vars(s))) for v, s in sorted(states.items(), reverse=True)]
+
+    def has_model(self, name: str) -> bool:
+        """Whether ``name`` is a configured model (metrics give only those their own series)."""
+        with self._lock:
+            return name in self._models
 
     def entries(self) -> list[ModelEntry]:
         with self._lock:
@@ -172,7 +178,7 @@ class ModelManager:
         self._set_state(name, version, "LOADING")
         self.log.info("Loading servable version {name: %s version: %d}", name, version)
         t0 = time.monotonic()
-        s = Servable(name, version, path, self.log)
+        s = Servable(name, version, path, self.log, self.method_check)
         try:
             s.load(self.enable_warmup)
         except RpcStatus as e:

@@ -5,10 +5,16 @@ Why the TF1 loader and one ``tf.Graph`` + ``Session`` per version: that is what
 non-placeholder tensors and ``main_op`` / ``legacy_init_op`` table initialisers all behave as
 they do there. Request threads hold a reference while they run; unloading waits for them, so a
 version removed mid-request still answers.
+
+Tensors are fed through callables made from ``CallableOptions`` (cached per feed/fetch set): like
+TF Serving's C++ ``Session::Run``, they check dtypes but not a placeholder's static shape, so
+TF Serving's own quick start (``[1.0, 2.0, 5.0]`` into a ``[-1, 1]`` input) answers here too;
+shapes are left to the graph, whose errors come back as INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -16,16 +22,24 @@ import time
 from typing import Any
 
 from builder.core.artifact import MAX_WARMUP_RECORDS, WARMUP_FILE
-from builder.serve.codec import shape_str, tensor_proto_to_array, tf_type_name
+from builder.serve import inference
+from builder.serve.codec import tensor_proto_to_array, tf_type_name
+from builder.serve.examples import examples_from_input, serialized_tensor
 from builder.serve.status import RpcStatus
+
+MAX_CALLABLES = 64  # per version; output_filter subsets are client-chosen, so the cache is bounded
 
 
 class Servable:
     """One model version in its own graph and session."""
 
-    def __init__(self, name: str, version: int, path: str, log: logging.Logger) -> None:
+    def __init__(self, name: str, version: int, path: str, log: logging.Logger,
+                 method_check: bool = False) -> None:
         self.name, self.version, self.path, self.log = name, version, path, log
+        self.method_check = method_check  # --enable_signature_method_name_check
         self.session: Any = None
+        self._callables: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._callables_lock = threading.Lock()
         self.signatures: dict[str, Any] = {}
         self.warmup_records = 0
         self._refs = 0
@@ -85,13 +99,24 @@ class Servable:
         except Exception:  # noqa: BLE001 - protobuf raises DecodeError subclasses
             raise RpcStatus("INVALID_ARGUMENT", f"Failed to parse warmup record {n} from {path}") from None
         kind = log.WhichOneof("log_type")
-        if kind != "predict_log":
-            raise RpcStatus("UNIMPLEMENTED",
-                            f"warmup record {n} in {path} is a {kind}; "
-                            "the local server runs predict_log records only")
-        req = log.predict_log.request
-        inputs = {k: tensor_proto_to_array(v) for k, v in req.inputs.items()}
-        self.run(req.model_spec.signature_name, inputs, list(req.output_filter), api="grpc")
+        if kind == "predict_log":
+            req = log.predict_log.request
+            inputs = {k: tensor_proto_to_array(v) for k, v in req.inputs.items()}
+            self.run(req.model_spec.signature_name, inputs, list(req.output_filter), api="grpc")
+        elif kind == "classify_log":
+            req = log.classify_log.request
+            self.classify(req.model_spec.signature_name, serialized_tensor(*examples_from_input(req.input)))
+        elif kind == "regress_log":
+            req = log.regress_log.request
+            self.regress(req.model_spec.signature_name, serialized_tensor(*examples_from_input(req.input)))
+        elif kind == "multi_inference_log":
+            req = log.multi_inference_log.request
+            tasks = [inference.Task(t.model_spec.name, t.model_spec.signature_name, t.method_name)
+                     for t in req.tasks]
+            self.multi_inference(tasks, serialized_tensor(*examples_from_input(req.input)))
+        elif kind is not None:
+            number = log.DESCRIPTOR.fields_by_name[kind].number
+            raise RpcStatus("UNIMPLEMENTED", f"Unsupported log_type for warmup: {number} ({kind}, record {n})")
 
     # -- requests --------------------------------------------------------------------------------
     def signature(self, key: str, api: str) -> Any:
@@ -116,22 +141,59 @@ class Servable:
 
     def run(self, signature_name: str, inputs: dict[str, Any], output_filter: list[str],
             api: str = "grpc") -> dict[str, Any]:
-        """Validate inputs against the signature (names, dtypes, shapes) and run the session."""
-        import tensorflow as tf
-
+        """Predict: check input names and dtypes against the signature, run, return by alias."""
         sig = self.signature(signature_name, api)
         _check_input_names(sig, inputs)
-        feed = {sig.inputs[alias].name: _checked_input(i, alias, sig.inputs[alias], inputs[alias])
-                for i, alias in enumerate(sorted(inputs))}
+        feeds = {sig.inputs[alias].name: _checked_input(i, alias, sig.inputs[alias], inputs[alias])
+                 for i, alias in enumerate(sorted(inputs))}
         aliases = _output_aliases(sig, output_filter)
-        _check_batch_sizes(sig, inputs)
+        values = self.run_tensors(feeds, [sig.outputs[a].name for a in aliases])
+        return dict(zip(aliases, values, strict=True))
+
+    def classify(self, signature_name: str, serialized: Any) -> inference.Classifications:
+        return inference.classify(self.signatures, self.run_tensors, signature_name, serialized, self.method_check)
+
+    def regress(self, signature_name: str, serialized: Any) -> inference.Regressions:
+        return inference.regress(self.signatures, self.run_tensors, signature_name, serialized, self.method_check)
+
+    def multi_inference(self, tasks: list[inference.Task], serialized: Any) -> list[Any]:
+        return inference.multi_inference(self.signatures, self.run_tensors, tasks, serialized, self.method_check)
+
+    def run_tensors(self, feeds: dict[str, Any], fetches: list[str]) -> list[Any]:
+        """Feed tensors by name, fetch tensors by name (the C++ Session::Run contract: dtypes are
+        checked by the runtime, static shapes are not)."""
+        import tensorflow as tf
+
+        names = sorted(feeds)
+        fn = self._callable(tuple(names), tuple(fetches))
         try:
-            values = self.session.run([sig.outputs[a].name for a in aliases], feed_dict=feed)
+            return list(fn(*[feeds[n] for n in names]))
         except tf.errors.OpError as e:
             from tensorflow.core.protobuf import error_codes_pb2
 
             raise RpcStatus(error_codes_pb2.Code.Name(e.error_code), e.message) from None
-        return dict(zip(aliases, values, strict=True))
+
+    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Any:
+        import tensorflow as tf
+        from tensorflow.core.protobuf import config_pb2
+
+        key = (feeds, fetches)
+        with self._callables_lock:
+            fn = self._callables.get(key)
+            if fn is not None:
+                self._callables.move_to_end(key)
+                return fn
+        options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+        try:
+            fn = self.session._make_callable_from_options(options)
+        except (tf.errors.OpError, ValueError, KeyError) as e:
+            raise RpcStatus("INVALID_ARGUMENT", f"cannot run {list(fetches)} from {list(feeds)}: "
+                            f"{str(e).splitlines()[0]}") from None
+        with self._callables_lock:
+            self._callables[key] = fn
+            while len(self._callables) > MAX_CALLABLES:
+                self._callables.popitem(last=False)
+        return fn
 
     # -- life cycle ------------------------------------------------------------------------------
     def acquire(self) -> bool:
@@ -153,6 +215,8 @@ class Servable:
             end = time.monotonic() + timeout
             while self._refs > 0 and time.monotonic() < end:
                 self._cond.wait(0.1)
+        with self._callables_lock:
+            self._callables.clear()
         if self.session is not None:
             self.session.close()
             self.session = None
@@ -173,6 +237,8 @@ def _check_input_names(sig: Any, inputs: dict[str, Any]) -> None:
 
 
 def _checked_input(i: int, alias: str, info: Any, arr: Any) -> Any:
+    """The dtype check Session::Run makes (worded as TF Serving reports it); no static-shape
+    check - TF Serving leaves shapes to the graph."""
     import tensorflow as tf
 
     want = tf.dtypes.as_dtype(info.dtype)
@@ -181,14 +247,6 @@ def _checked_input(i: int, alias: str, info: Any, arr: Any) -> Any:
         raise RpcStatus("INVALID_ARGUMENT",
                         f"Expects arg[{i}] to be {tf_type_name(want)} but {tf_type_name(got)} is provided "
                         f"(input '{alias}', tensor {info.name})")
-    if not info.tensor_shape.unknown_rank:
-        dims = [d.size for d in info.tensor_shape.dim]
-        if len(dims) != arr.ndim or any(d >= 0 and d != s for d, s in zip(dims, arr.shape, strict=True)):
-            raise RpcStatus(
-                "INVALID_ARGUMENT",
-                f"Expected tensor's shape to be compatible with {shape_str(dims)} for input "
-                f"'{alias}' (tensor {info.name}), but got {shape_str(arr.shape)}",
-            )
     return arr
 
 
@@ -204,15 +262,3 @@ def _output_aliases(sig: Any, output_filter: list[str]) -> list[str]:
             raise RpcStatus("INVALID_ARGUMENT", f"duplicate output tensor alias: {a}")
         seen.add(a)
     return aliases
-
-
-def _check_batch_sizes(sig: Any, inputs: dict[str, Any]) -> None:
-    batch_inputs = [a for a in sig.inputs
-                    if not sig.inputs[a].tensor_shape.unknown_rank
-                    and sig.inputs[a].tensor_shape.dim and sig.inputs[a].tensor_shape.dim[0].size < 0]
-    sizes = {a: inputs[a].shape[0] for a in batch_inputs}
-    if len(set(sizes.values())) > 1:
-        raise RpcStatus("INVALID_ARGUMENT",
-                        "inputs have inconsistent batch sizes: "
-                        + ", ".join(f"{a}={n}" for a, n in sorted(sizes.items()))
-                        + " (every input's first dimension must match)")

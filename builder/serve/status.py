@@ -33,14 +33,15 @@ HTTP_STATUS = {
 class RpcStatus(Exception):
     """A request failure carrying a gRPC status code name and TF Serving's message text."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, http: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self._http = http  # for HTTP-only conditions TF Serving has no code for (408)
 
     @property
     def http_status(self) -> int:
-        return HTTP_STATUS.get(self.code, 500)
+        return self._http or HTTP_STATUS.get(self.code, 500)
 
 
 def invalid(message: str) -> RpcStatus:
