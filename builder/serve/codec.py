@@ -282,8 +282,8 @@ def parse_json_object(body: bytes | bytearray | str) -> Any:
             doc = jsonstream.parse_document(text)
         else:
             doc = json.loads(text)
-    except JsonParseError as e:
-        raise invalid(str(e)) from None
+    except JsonParseError:
+        raise
     except json.JSONDecodeError as e:
         raise invalid(f"JSON Parse error: {_RAPIDJSON_WORDING.get(e.msg, e.msg)} at offset: {e.pos}") from None
     except RecursionError:

@@ -25,6 +25,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from builder.serve.status import RpcStatus
+
 STREAM_MIN_CHARS = 1 << 20  # bodies above this are parsed by parse_document
 GROUP_CHARS = 1 << 19  # text per conversion group
 _WINDOW = 1 << 20  # regular expressions run over windows of this size (bounded GIL holds)
@@ -40,11 +42,12 @@ _TENSOR_KEYS = ("instances", "examples", "inputs")
 _KNOWN_KEYS = frozenset({*_TENSOR_KEYS, "signature_name", "context"})
 
 
-class JsonParseError(ValueError):
-    """A syntax error, worded like rapidjson's (``JSON Parse error: ... at offset: N``)."""
+class JsonParseError(RpcStatus):
+    """A syntax error, worded like rapidjson's (``JSON Parse error: ... at offset: N``); an
+    RpcStatus, because arrays are parsed late (while converting) and the error is the client's."""
 
     def __init__(self, what: str, offset: int) -> None:
-        super().__init__(f"JSON Parse error: {what} at offset: {offset}")
+        super().__init__("INVALID_ARGUMENT", f"JSON Parse error: {what} at offset: {offset}")
         self.offset = offset
 
 

@@ -159,6 +159,7 @@ class RestServer:
                              message: str | None = None) -> Any:
                 """Malformed HTTP (framing, header sizes, bad method token): JSON, then close."""
                 text = message or (str(exc) if exc else "") or HTTPStatus(status).phrase
+                text = (text.strip().splitlines() or [HTTPStatus(status).phrase])[0].rstrip(": ")
                 log.debug("HTTP %s: %s", status, text)
                 return _json_response(status, {"error": f"Malformed request: {text}"}, close=True)
 
