@@ -80,6 +80,13 @@ def raw(server, data: bytes, wait: float = 5.0) -> tuple[int, dict | str, bytes]
         return status, body.decode(errors="replace"), out
 
 
+def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 # ---------------------------------------------------------------------------------------------
 # metrics
 
@@ -117,7 +124,7 @@ def test_in_flight_budget_answers_429_then_serves(server):
     # a client announces 4 MB and sends 1 KB: its bytes are held while the server waits
     hog = socket.create_connection((server.host, server.rest_port))
     hog.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {4 << 20}\r\n\r\n".encode() + b" " * 1024)
-    time.sleep(0.2)
+    wait_until(lambda: server.core.budget.used >= 4 << 20, "the hog's bytes to be admitted")
     try:
         body = json.dumps({"instances": sample_inputs(40000).tolist()}).encode()
         assert 2 << 20 < len(body) < 4 << 20
@@ -130,7 +137,7 @@ def test_in_flight_budget_answers_429_then_serves(server):
         good(server)  # small requests still fit the budget
     finally:
         hog.close()
-    time.sleep(0.2)
+    wait_until(lambda: server.core.budget.used == 0, "the hog's bytes to be released")
     status, got = RestClient(server.rest_url).post(PREDICT, body)  # admitted once the hog is gone
     assert status == 200 and len(got["predictions"]) == 40000
 

@@ -301,9 +301,10 @@ def _walk_array(text: str, i: int) -> int:
 
 
 def _skip_value(text: str, i: int) -> int:
-    """End of the value at ``text[i]``; big arrays and objects are walked piece by piece."""
+    """End of the value at ``text[i]``; big arrays and objects are walked piece by piece
+    (numeric arrays at regular-expression speed)."""
     if i < len(text) and text[i] == "[":
-        return _walk_array(text, i)
+        return _lazy_array(text, i).end
     if i < len(text) and text[i] == "{":
         i = skip_ws(text, i + 1)
         if i < len(text) and text[i] == "}":

@@ -42,11 +42,27 @@ STATUS_RE = re.compile(
 _INT64_MAX = 2**63 - 1
 
 
+_TRIM_BYTES = 8 << 20  # after a body this big, hand freed heap memory back to the OS
+
+
+def _release_free_memory() -> None:
+    """glibc keeps freed big buffers in the heap (its mmap threshold grows with use), so one
+    200 MB request would leave the process hundreds of MB bigger for good; malloc_trim returns
+    the free pages. Best effort: a no-op where libc has no malloc_trim."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Body:
     """A request body handed to a worker thread, which takes it (and so frees it once parsed)."""
 
     def __init__(self, data: bytes | bytearray) -> None:
         self._data: bytes | bytearray | None = data
+        self.size = len(data)
 
     def take(self) -> bytes | bytearray:
         data, self._data = self._data or b"", None
@@ -67,7 +83,7 @@ def _model_info(path: str, m: re.Match) -> tuple[str, int | None, str | None]:
     return name, version, label
 
 
-def route(core: ServingCore, method: str, path: str, body: Any) -> bytes | dict:
+def route(core: ServingCore, method: str, path: str, body: Any) -> list[bytes] | bytes | dict:
     """One REST API request -> the answer (bytes of JSON, or a JSON-able dict); RpcStatus on
     failure. Runs in a worker thread."""
     from google.protobuf import json_format
@@ -101,6 +117,23 @@ def _json_response(status: int, payload: bytes | dict, close: bool = False) -> A
     resp = web.Response(status=status, body=data, content_type="application/json")
     if close:
         resp.force_close()
+    return resp
+
+
+async def _stream(request: Any, status: int, parts: list[bytes]) -> Any:
+    """A big JSON answer written piece by piece (never joined into one bytes object)."""
+    from aiohttp import web
+
+    size = sum(len(p) for p in parts)
+    if size <= 1 << 20:
+        return _json_response(status, b"".join(parts))
+    resp = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+    resp.content_length = size
+    await resp.prepare(request)
+    for i, part in enumerate(parts):
+        parts[i] = b""  # freed once written
+        await resp.write(part)
+    await resp.write_eof()
     return resp
 
 
@@ -160,7 +193,9 @@ class RestServer:
                 """Malformed HTTP (framing, header sizes, bad method token): JSON, then close."""
                 text = message or (str(exc) if exc else "") or HTTPStatus(status).phrase
                 text = (text.strip().splitlines() or [HTTPStatus(status).phrase])[0].rstrip(": ")
-                log.debug("HTTP %s: %s", status, text)
+                if status >= 500:
+                    log.error("REST front end failed: %s", text)
+                    return _json_response(status, {"error": f"internal error: {text}"}, close=True)
                 return _json_response(status, {"error": f"Malformed request: {text}"}, close=True)
 
         class Server(web.Server):
@@ -169,7 +204,7 @@ class RestServer:
 
         self._server = Server(self._handle, keepalive_timeout=limits.rest_idle_timeout_seconds,
                               lingering_time=2.0, access_log=None, auto_decompress=True,
-                              handler_cancellation=False)
+                              handler_cancellation=False, logger=log)
         loop = asyncio.get_running_loop()
         self._runner = await loop.create_server(self._server, host, port, backlog=256, reuse_address=True)
         self.port = self._runner.sockets[0].getsockname()[1]
@@ -199,10 +234,14 @@ class RestServer:
             if self.metrics_path and method == "GET" and path == self.metrics_path:
                 return self._metrics()
             status, payload = await self._api(request, method, path)
+            if isinstance(payload, list):
+                return await _stream(request, status, payload)
             return _json_response(status, payload)
         except RpcStatus as e:
             # The body may be unread (refused before reading): answer, then close the connection.
             return _error(e, close=True)
+        except ConnectionError:  # the client went away mid-body: nobody to answer
+            return _json_response(499, {"error": "client closed the connection"}, close=True)
 
     def _preflight(self, request: Any) -> Any:
         """CORS preflight as http_server.cc answers it (an Origin header is required)."""
@@ -217,7 +256,7 @@ class RestServer:
         return web.Response(status=200, body=self.core.metrics.text().encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    async def _api(self, request: Any, method: str, path: str) -> tuple[int, bytes | dict]:
+    async def _api(self, request: Any, method: str, path: str) -> tuple[int, list[bytes] | bytes | dict]:
         declared = request.content_length
         limit = self.limits.rest_max_body_bytes
         if declared is not None and declared > limit:
@@ -225,8 +264,9 @@ class RestServer:
         held = self.core.budget.reservation()
         try:
             held.add(declared or 0)
-            body = await self._read_body(request, declared, held)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self._work, method, path, Body(body))
+            # No local name keeps the body: the worker takes it from Body and frees it once parsed.
+            body = Body(await self._read_body(request, declared, held))
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._work, method, path, body)
         finally:
             held.release()
 
@@ -251,8 +291,9 @@ class RestServer:
                     raise _too_large(len(buf), limit, chunked=True)
                 held.add(len(chunk))
 
-    def _work(self, method: str, path: str, body: Body) -> tuple[int, bytes | dict]:
+    def _work(self, method: str, path: str, body: Body) -> tuple[int, list[bytes] | bytes | dict]:
         """In a worker thread: route; the outcome as (HTTP status, JSON payload)."""
+        big = body.size >= _TRIM_BYTES
         try:
             return 200, route(self.core, method, path, body)
         except RpcStatus as e:
@@ -260,6 +301,9 @@ class RestServer:
         except Exception as e:  # noqa: BLE001 - a bug must still answer, with its traceback logged
             self.log.exception("internal error serving %s %s", method, path)
             return 500, {"error": f"internal error: {type(e).__name__}: {e}"}
+        finally:
+            if big:
+                _release_free_memory()
 
 
 def _too_large(n: int, limit: int, chunked: bool = False) -> RpcStatus:

@@ -138,7 +138,7 @@ class ServingCore:
                 return resp
 
     # -- REST ------------------------------------------------------------------------------------
-    def predict_rest(self, name: str, version: int | None, label: str | None, body: Any) -> bytes:
+    def predict_rest(self, name: str, version: int | None, label: str | None, body: Any) -> list[bytes]:
         """``:predict``; ``body`` is bytes, or a holder whose ``take()`` hands the bytes over
         (so a big body can be freed as soon as it is parsed)."""
         with self._recorded(name, "predict", "REST"):
