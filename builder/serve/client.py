@@ -174,6 +174,25 @@ def make_example(features: Mapping[str, Any]) -> Any:
     return ex
 
 
+def example_to_json(example: Any) -> dict[str, list]:
+    """``tf.train.Example`` -> TF Serving's REST example object (the inverse of make_example):
+    float_list -> numbers, int64_list -> integers, bytes_list -> ``{"b64": ...}``."""
+    import base64
+
+    out: dict[str, list] = {}
+    for name, feat in example.features.feature.items():
+        kind = feat.WhichOneof("kind")
+        if kind == "bytes_list":
+            out[name] = [{"b64": base64.b64encode(v).decode("ascii")} for v in feat.bytes_list.value]
+        elif kind == "int64_list":
+            out[name] = list(feat.int64_list.value)
+        elif kind == "float_list":
+            out[name] = [float(v) for v in feat.float_list.value]
+        else:
+            out[name] = []
+    return out
+
+
 def _spec(spec: Any, model: str, version: int | None, label: str | None, signature: str = "") -> None:
     spec.name = model
     if version is not None:
@@ -246,7 +265,8 @@ class GrpcClient:
     def multi_inference(self, model: str, examples: Iterable[Any], tasks: Iterable[tuple[str, str]], *,
                         context: Any = None, version: int | None = None, label: str | None = None,
                         timeout: float | None = None) -> Any:
-        """``tasks``: (signature name, method name) pairs, method ``CLASSIFY`` or ``REGRESS``."""
+        """``tasks``: (signature name, method name) pairs; method names are this module's
+        ``CLASSIFY`` / ``REGRESS`` (TF Serving's method-name strings)."""
         from tensorflow_serving.apis import inference_pb2
 
         req = inference_pb2.MultiInferenceRequest()
