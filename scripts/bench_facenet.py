@@ -32,11 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from builder.bench import measure, report
 
-from builder.bench import benchmark  # noqa: E402 - after the path fix so the script runs from anywhere
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
     else sys.executable
@@ -62,14 +61,14 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     """Run ``cmd`` in its own process; wall time, CPU time and peak RSS of exactly that process
     (``os.wait4``), plus how busy the rest of the machine was meanwhile."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-    stat0 = benchmark._proc_stat()
+    stat0 = measure.proc_stat()
     t0 = time.monotonic()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - t0
-    stat1 = benchmark._proc_stat()
+    stat1 = measure.proc_stat()
     cpu = usage.ru_utime + usage.ru_stime
     out = {"command": shlex.join(["python", *cmd[1:]]), "exit_code": proc.returncode,
            "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
@@ -222,14 +221,14 @@ def _write_calibration(path: Path, image: int) -> None:
 
 
 def _write_export_cost(docs: Path, cost: list[dict], bench_cost: dict, example: Path) -> None:
-    machine = benchmark.machine_info()
+    machine = measure.machine_info()
     doc = {"machine": machine, "goal": {"seconds": GOAL_SECONDS, "peak_rss_gb": GOAL_RSS_GB},
            "exports": cost, "benchmark_process": bench_cost}
-    (docs / "export_cost.json").write_text(json.dumps(benchmark._jsonable(doc), indent=2) + "\n")
+    (docs / "export_cost.json").write_text(json.dumps(report.jsonable(doc), indent=2) + "\n")
     lines = [
         "# What the builder costs: `export` of the FaceNet example",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {benchmark.cpu_description(machine)}"
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {measure.cpu_description(machine)}"
         f", {machine['cpus_usable']} cores, {machine['memory_gb']} GB RAM, {platform.system()}, "
         f"TensorFlow {machine['tensorflow']}, by `scripts/bench_facenet`. Each export runs in its "
         "own process and includes loading, writing the SavedModel, warmup records, golden outputs "

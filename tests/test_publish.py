@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import registry_servers as rs
 
 from builder.core import layout
 from builder.core.errors import ConfigError, InputError, PublishError
 from builder.publish import api
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, run_builder
+from tests.helpers import registry_servers as rs
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def repo(tmp_path) -> Path:
 
 _tree = rs.tree
 assert_serves_golden = rs.assert_serves_golden
-run_cli = rs.run_cli
+run_cli = run_builder
 
 
 def _sha(b: bytes) -> str:

@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import registry_servers as rs
 import requests
 
 from builder.core import layout
@@ -27,11 +26,12 @@ from builder.core.errors import InputError, PublishError
 from builder.publish import api
 from builder.publish.manifest import compute_manifest
 from builder.publish.targets import oci as oci_target
+from tests.helpers import ROOT, run_builder
+from tests.helpers import registry_servers as rs
 
-ROOT = Path(__file__).resolve().parents[1]
 _tree = rs.tree
 assert_serves_golden = rs.assert_serves_golden
-run_cli = rs.run_cli
+run_cli = run_builder
 
 
 @pytest.fixture(scope="session")

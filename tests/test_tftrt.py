@@ -119,7 +119,7 @@ def test_export_with_tftrt_fails_before_any_work_here(probe, tiny_frozen, tmp_pa
     """Through the real CLI: exit 2, one line on stderr, nothing written to the repository."""
     if probe["available"]:
         pytest.skip("TensorRT is available here")
-    from conftest import run_builder
+    from tests.helpers import run_builder
 
     repo = tmp_path / "repo"
     p = run_builder("export", "--model", str(tiny_frozen), "--name", "tiny", "--repo", str(repo),
