@@ -291,6 +291,21 @@ def test_s3_wrong_secret_and_missing_bucket(repo, s3, s3_server, monkeypatch):
     assert _objects(s3_server, s3) == {}
 
 
+def test_s3_endpoint_where_nothing_listens(repo, s3, s3_server, tmp_path):
+    """A closed port answers at once with "cannot reach ENDPOINT", not after the back end's
+    retries and not as a "missing bucket"; nothing is written to the bucket."""
+    port = rs.free_ports(1)[0]  # bound and released: nothing listens there now
+    dead = f"http://127.0.0.1:{port}"
+    env = {**s3_server.env(), "AWS_ENDPOINT_URL": dead}
+    res = run_cli("publish", "--repo", str(repo), "--name", "tiny", "--to", s3, env=env)
+    assert res.returncode == 2
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"error: {s3}: cannot reach {dead} (") and "AWS_ENDPOINT_URL" in line, line
+    res = run_cli("verify", f"{s3}/tiny/2", env=env)
+    assert res.returncode == 2 and f"cannot reach {dead}" in res.stderr
+    assert _objects(s3_server, s3) == {}
+
+
 def test_s3_cli_publish_takes_endpoint_and_keys_from_environment(repo, s3, s3_server):
     env = s3_server.env()
     res = run_cli("publish", "--repo", str(repo), "--name", "tiny", "--to", s3, env=env)

@@ -195,9 +195,9 @@ def test_s3_kill_at_step_then_rerun(step, template_repo, s3_server, monkeypatch)
     res = run_builder(*_publish_args(template_repo, url, 2, keep), env=env)
     assert res.returncode == 0, res.stderr
     if step == "object-partial":
-        assert "resuming: 1 of 6 files already staged" in res.stdout
+        assert "resuming: 1 of 6 files already staged" in res.stderr  # progress: the log channel
     if step in ("object-copy-partial", "object-before-saved-model"):
-        assert "interrupted publish: completing it" in res.stdout
+        assert "interrupted publish: completing it" in res.stderr
     assert s3_visible(url) == (([2], []) if keep else ([1, 2], []))
     fs = s3_server.fs()
     leftovers = [k for k in fs.find(url[5:] + "/tiny") if "/.staging-" in k]
