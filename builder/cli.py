@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _commands(args: list[str]) -> dict[str, Callable[..., object]]:
+def load_commands(args: list[str]) -> dict[str, Callable[..., object]]:
     """The chosen command only (first argument), or every command for the listing."""
     chosen = [args[0]] if args and args[0] in COMMANDS else list(COMMANDS)
     out = {}
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_tensorflow()
     log.setup(verbose)
     try:
-        fire.Fire(_commands(args), command=args, name="builder")
+        fire.Fire(load_commands(args), command=args, name="builder")
     except BuilderError as e:
         if verbose:
             traceback.print_exc()

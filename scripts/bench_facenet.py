@@ -235,7 +235,7 @@ def _write_export_cost(docs: Path, cost: list[dict], bench_cost: dict, example: 
         "and the parity check; peak RSS is that process's maximum resident set (wait4 rusage).",
         "",
         f"Goal: an export of the FaceNet checkpoint in under {GOAL_SECONDS:.0f} s with a peak RSS "
-        f"under {GOAL_RSS_GB:.0f} GB on this machine.",
+        f"under {GOAL_RSS_GB:.0f} GB on the machine measured.",
         "",
         "| export | wall s | CPU s (user+sys) | peak RSS GB | other processes' CPU | parity max abs diff | goal |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -252,7 +252,7 @@ def _write_export_cost(docs: Path, cost: list[dict], bench_cost: dict, example: 
     lines += [
         "",
         "\"Other processes' CPU\" is the share of all cores used by anything else during that "
-        "export: this machine is shared, and wall time grows with it while CPU time does not.",
+        "export: the machine is shared, and wall time grows with it while CPU time does not.",
         f"The benchmark process itself peaked at {bench_cost['peak_rss_mb'] / 1024:.2f} GB RSS "
         f"(four FaceNet sessions loaded at once) and took {bench_cost['wall_seconds'] / 60:.1f} min.",
         "",

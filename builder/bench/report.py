@@ -39,7 +39,15 @@ def _fmt_diff(v: float | None) -> str:
 
 def render_markdown(doc: dict[str, Any], png_name: str | None = None) -> str:
     """The results as a Markdown section: machine, settings, one table, how it was measured."""
-    m, s, load = doc["machine"], doc["settings"], doc["load"]
+    lines = _machine_lines(doc) + _table_lines(doc) + _notes_lines(doc)
+    if png_name:
+        lines += ["", f"![latency and throughput vs batch size]({png_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _machine_lines(doc: dict[str, Any]) -> list[str]:
+    """What it ran on, the GEMM peak, and how busy the machine was meanwhile."""
+    m, load = doc["machine"], doc["load"]
     gpu = ", ".join(g["name"] for g in m.get("gpus", [])) or "none"
     lines = [
         f"Measured {doc['created']} on {cpu_description(m)}, {m['cpus_usable'] or m['cpu_count']} "
@@ -51,7 +59,7 @@ def render_markdown(doc: dict[str, Any], png_name: str | None = None) -> str:
     if doc.get("gemm"):
         g = doc["gemm"]
         best = g.get("best", g["gflops"]["max"])
-        lines.append(f"FP32 GEMM throughput of this machine: {best:.1f} GFLOP/s (best "
+        lines.append(f"FP32 GEMM throughput of the {m['cpu_model']}: {best:.1f} GFLOP/s (best "
                      f"{g['n']}x{g['n']} tf.matmul; median {g['gflops']['median']:.1f}).")
     if "all_cpu_busy_fraction" in load:
         server = (f", the local server {load['server_cpu_fraction'] * 100:.0f}%"
@@ -62,11 +70,17 @@ def render_markdown(doc: dict[str, Any], png_name: str | None = None) -> str:
             f"Machine load during the run: CPUs {load['all_cpu_busy_fraction'] * 100:.0f}% busy, "
             f"of which this benchmark {load['this_process_cpu_fraction'] * 100:.0f}%{server} and "
             f"other processes {load['other_cpu_fraction'] * 100:.0f}%{avg}.")
+    return lines
+
+
+def _table_lines(doc: dict[str, Any]) -> list[str]:
+    """How each number was taken, then one row per candidate and batch size."""
+    s = doc["settings"]
     if s["seconds"]:
         each = f"{s['seconds']:g} s each" + (f" (at most {s['runs']} runs)" if s["runs"] else "")
     else:
         each = f"{s['runs']} timed runs each"
-    lines += [
+    lines = [
         f"Each candidate and batch size: {s['warmup']} warm-up run{'s' if s['warmup'] != 1 else ''},"
         f" then {s['repeats']} repeat{'s' if s['repeats'] != 1 else ''} of {each}, candidates "
         f"interleaved round-robin; inputs {s['samples']}.",
@@ -84,7 +98,12 @@ def render_markdown(doc: dict[str, Any], png_name: str | None = None) -> str:
             f"{_fmt(row['speedup'], '.3f')}x | {_fmt_diff(acc['max_abs_diff'])} | "
             f"{_fmt(acc['min_cosine'], '.6f')} | "
             f"{'-' if frac is None else format(frac * 100, '.2g') + '%'} |")
-    lines += [
+    return lines
+
+
+def _notes_lines(doc: dict[str, Any]) -> list[str]:
+    """What the numbers are relative to, the accuracy extremes, FLOPs, candidates, command."""
+    lines = [
         "",
         f"Speedup and accuracy are relative to the first candidate ({doc['reference']}), on the "
         "same input batch. Latency percentiles cover all timed runs; items/s is the "
@@ -110,9 +129,7 @@ def render_markdown(doc: dict[str, Any], png_name: str | None = None) -> str:
         lines.append(f"- `{c['label']}`: {c['kind']} `{c['target']}`{extra}{conc}; "
                      f"{c.get('runs_as', '')}")
     lines += ["", f"Command: `{doc['command']}`"]
-    if png_name:
-        lines += ["", f"![latency and throughput vs batch size]({png_name})"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_png(doc: dict[str, Any], path: Path) -> None:

@@ -58,10 +58,15 @@ def config_map(p: Plan, with_models_config: bool) -> dict[str, Any]:
 
 def kubernetes_manifests(p: Plan) -> list[dict[str, Any]]:
     """ConfigMap, Deployment, Service and (unless --replicas) a HorizontalPodAutoscaler."""
-    cm = config_map(p, with_models_config=True)
-    # Batching/monitoring are read once at start: their hash on the pod template makes a change
-    # roll the pods. models.config is left out: the server polls it, no restart needed.
-    digest = hashlib.sha256((p.batching_text + "\0" + p.monitoring_text).encode()).hexdigest()
+    docs = [config_map(p, with_models_config=True), deployment(p), service(p)]
+    if p.replicas is None:
+        docs.append(autoscaler(p))
+    return docs
+
+
+def _pod_spec(p: Plan) -> dict[str, Any]:
+    """One tensorflow_model_server container with the image's flags, the config volume (and the
+    model volume claim), readiness on the model's metadata endpoint, GPU toleration."""
     volumes: list[dict[str, Any]] = [{"name": "serving-config",
                                       "configMap": {"name": p.config_map_name}}]
     mounts: list[dict[str, Any]] = [{"name": "serving-config",
@@ -93,7 +98,14 @@ def kubernetes_manifests(p: Plan) -> list[dict[str, Any]]:
     if p.gpu:
         pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists",
                                     "effect": "NoSchedule"}]
-    deployment: dict[str, Any] = {
+    return pod_spec
+
+
+def deployment(p: Plan) -> dict[str, Any]:
+    # Batching/monitoring are read once at start: their hash on the pod template makes a change
+    # roll the pods. models.config is left out: the server polls it, no restart needed.
+    digest = hashlib.sha256((p.batching_text + "\0" + p.monitoring_text).encode()).hexdigest()
+    doc: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": p.metadata(),
@@ -113,14 +125,18 @@ def kubernetes_manifests(p: Plan) -> list[dict[str, Any]]:
                         "prometheus.io/path": simage.PROMETHEUS_PATH,
                     },
                 },
-                "spec": pod_spec,
+                "spec": _pod_spec(p),
             },
         },
     }
     if p.replicas is not None:
         # With an HPA the field is left out, or every `kubectl apply` would reset the scale.
-        deployment["spec"]["replicas"] = p.replicas
-    service = {
+        doc["spec"]["replicas"] = p.replicas
+    return doc
+
+
+def service(p: Plan) -> dict[str, Any]:
+    return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": p.metadata(),
@@ -135,23 +151,22 @@ def kubernetes_manifests(p: Plan) -> list[dict[str, Any]]:
             ],
         },
     }
-    docs = [cm, deployment, service]
-    if p.replicas is None:
-        docs.append({
-            "apiVersion": "autoscaling/v2",
-            "kind": "HorizontalPodAutoscaler",
-            "metadata": p.metadata(),
-            "spec": {
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                   "name": p.app},
-                "minReplicas": p.min_replicas,
-                "maxReplicas": p.max_replicas,
-                "metrics": [{"type": "Resource", "resource": {
-                    "name": "cpu",
-                    "target": {"type": "Utilization", "averageUtilization": p.target_cpu}}}],
-            },
-        })
-    return docs
+
+
+def autoscaler(p: Plan) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": p.metadata(),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": p.app},
+            "minReplicas": p.min_replicas,
+            "maxReplicas": p.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": p.target_cpu}}}],
+        },
+    }
 
 
 # --------------------------------------------------------------------------------------------
