@@ -31,7 +31,6 @@ from builder.options import as_int
 from builder.publish.manifest import (
     LocalVersion,
     Manifest,
-    compute_manifest,
     ensure_local_manifest,
     labelled_versions,
     parity_passed,
@@ -385,4 +384,4 @@ def verify_command(path: str = "", plain_http: bool = False) -> None:
 
 
 __all__ = ["publish", "pull", "verify", "publish_command", "pull_command", "verify_command",
-           "PublishResult", "PullResult", "compute_manifest"]
+           "PublishResult", "PullResult"]
