@@ -165,6 +165,22 @@ def xla_nodes(graph_def: Any) -> list[str]:
     return sorted(set(out))
 
 
+def unsafe_nodes(meta_graph: Any) -> list[str]:
+    """File/Python ops (compat.UNSAFE_OPS) outside the SavedModel's own checkpoint saver: the
+    TF1 ``save/`` scope and TF2's ``*_traced_save_*``/``*_traced_restore_*`` functions run only
+    when the server restores variables, never on a request."""
+    saver_scope = meta_graph.saver_def.filename_tensor_name.split("/")[0] if "/" in \
+        meta_graph.saver_def.filename_tensor_name else "save"
+    gd = meta_graph.graph_def
+    out = [f"{n.name} ({n.op})" for n in gd.node
+           if n.op in compat.UNSAFE_OPS and n.name.split("/")[0] != saver_scope]
+    for fn in gd.library.function:
+        if "_traced_save" in fn.signature.name or "_traced_restore" in fn.signature.name:
+            continue
+        out += [f"{fn.signature.name}/{n.name} ({n.op})" for n in fn.node_def if n.op in compat.UNSAFE_OPS]
+    return sorted(out)
+
+
 # --------------------------------------------------------------------------- signatures
 
 
@@ -496,8 +512,7 @@ def check_version(rep: Report, v: _Version, image: str, target: tuple[int, int],
     _row(rep, v, "xla", [f"XLA:CPU JIT is off in tensorflow_model_server (main.cc "
                          f"--xla_cpu_compilation_enabled=false): {', '.join(xla[:4])} fail at the first "
                          "compilation; re-export without jit_compile"] if xla else [], "no XLA nodes", fatal)
-    unsafe = sorted({f"{n} ({op})" for mg in sm.meta_graphs for n, op in compat.unsafe_nodes(
-        mg.graph_def, [mg.saver_def.filename_tensor_name.split("/")[0]] if mg.saver_def.filename_tensor_name else [])})
+    unsafe = sorted({x for mg in sm.meta_graphs for x in unsafe_nodes(mg)})
     rep.add(v.model, v.version, "unsafe ops", "warn" if unsafe else "ok",
             f"file/Python ops: {', '.join(unsafe[:5])}" if unsafe else "no file or Python ops")
     warm = lifecycle.check_warmup(v.path, {k: list(s.inputs) for k, s in v.sigs.items()})
