@@ -778,9 +778,9 @@ def preflight_command(repo: str = "", model_config_file: str = "", image: str = 
     """
     if not repo:
         raise InputError("--repo is required: the model repository directory")
-    rep = preflight(repo, model_config_file or None, str(image), against, bool(allow_breaking),
-                    bool(batching), bool(rest), bool(allow_unavailable_labels), bool(probe),
-                    bool(write_footprint))
+    rep = preflight(repo, model_config_file or None, str(image), against, _bool(allow_breaking),
+                    _bool(batching), _bool(rest), _bool(allow_unavailable_labels), _bool(probe),
+                    _bool(write_footprint))
     if json:
         print(_json.dumps({"image": rep.image, "serving": rep.serving, "passed": not rep.failed,
                            "rows": [asdict(r) for r in rep.rows]}, indent=2))
@@ -793,6 +793,13 @@ def preflight_command(repo: str = "", model_config_file: str = "", image: str = 
                               "see the table above")
     if not json:
         print(f"preflight passed: {len(rep.rows)} check(s)")
+
+
+def _bool(value: Any) -> bool:
+    """fire passes ``--flag false`` as the string 'false'."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)
 
 
 def _main(argv: list[str]) -> int:
