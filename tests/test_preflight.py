@@ -331,3 +331,37 @@ def test_label_move_to_a_version_not_yet_loaded_is_two_steps(tmp_path):
     assert lifecycle.check_labels(dict(step2.version_labels), [1, 2], True, {"stable": 1}, "m") == []
     # a brand-new label may name a version that is still loading (the flag allows it)
     models_config.config_command(repo=str(repo), label="m:canary=2", companions=False)
+
+
+# --------------------------------------------------------------------------- op snapshots
+
+
+def test_gen_opdefs_reads_an_ops_pbtxt_into_the_compact_snapshot(tmp_path):
+    """The --pbtxt source (TensorFlow's ops.pbtxt at a release tag) gives the same compact form."""
+    import gzip
+    import subprocess
+    import sys
+
+    pbtxt = tmp_path / "ops.pbtxt"
+    pbtxt.write_text('op { name: "MatMul" input_arg { name: "a" type_attr: "T" } input_arg { name: "b" '
+                     'type_attr: "T" } output_arg { name: "product" type_attr: "T" } attr { name: '
+                     '"transpose_a" type: "bool" default_value { b: false } } attr { name: "T" type: "type" } }\n')
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "gen_opdefs"), "--only", "2.17", "--pbtxt",
+                        str(pbtxt), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(gzip.decompress((tmp_path / "out" / "serving-2.17.json.gz").read_bytes()))
+    assert doc["ops"] == {"MatMul": [["transpose_a"], ["T"], 2, 1]}
+    assert doc["source"] == "tensorflow/core/ops/ops.pbtxt at v2.17.0"
+
+
+def test_shipped_2_17_snapshot_matches_this_tensorflow_2_17_registry():
+    """The local TensorFlow is 2.17.1: every op it registers has the 2.17 snapshot's attributes."""
+    from tensorflow.python.framework import op_def_registry
+
+    ops = preflight.load_opdefs((2, 17))["ops"]
+    assert preflight.load_opdefs((2, 17))["tensorflow"] == "2.17.0"
+    for name in ("MatMul", "Conv2D", "VarHandleOp", "FusedBatchNormV3", "StatefulPartitionedCall"):
+        local = op_def_registry.get(name)
+        assert sorted(a.name for a in local.attr) == sorted(ops[name][0] + ops[name][1]), name
+        assert [len(local.input_arg), len(local.output_arg)] == ops[name][2:]
