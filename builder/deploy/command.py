@@ -51,7 +51,7 @@ def deploy_command(
     max_replicas: object = None,
     target_cpu: int = 70,
     cpu: str = "2",
-    memory: str = "4Gi",
+    memory: str = "auto",
     namespace: str = "",
     app: str = "",
     volume_claim: str = "",
@@ -93,7 +93,8 @@ def deploy_command(
       max_replicas: Autoscaler maximum (default 4).
       target_cpu: Average CPU utilisation (percent) the autoscaler aims for.
       cpu: CPU request per pod (Kubernetes quantity, e.g. 2 or 1500m).
-      memory: Memory request and limit per pod (e.g. 4Gi).
+      memory: Memory request and limit per pod (e.g. 4Gi); auto = the footprint `preflight`
+        wrote into the version's build_info (runtime + 2 x model, for hot reload), else 4Gi.
       namespace: Namespace for every resource (default: kubectl's current namespace).
       app: Kubernetes resource name (default: derived from --name).
       volume_claim: kubernetes: PersistentVolumeClaim holding the repository, mounted read-only

@@ -10,7 +10,8 @@ before anything is written and names its flag:
 4. ``_storage``: where the server reads the model (gs://, a path in the image, a volume claim;
    for KServe a storage URI);
 5. ``_names_and_scale``: Kubernetes names, namespace, replicas / autoscaler bounds;
-6. ``_serving_configs``: batching and monitoring file contents (given, or generated).
+6. ``_serving_configs``: batching and monitoring file contents (given, or generated);
+7. ``_memory``: the memory request (``auto``: preflight's footprint of the version).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class DeployOptions:
     max_replicas: object = None
     target_cpu: object = 70
     cpu: object = "2"
-    memory: object = "4Gi"
+    memory: object = "auto"
     namespace: str | None = None
     app: str | None = None
     volume_claim: str | None = None
@@ -347,6 +348,20 @@ def _names_and_scale(o: DeployOptions, ident: _Identity, notes: list[str]) -> _S
     return _Scale(app_res, ns, fixed, lo, hi)
 
 
+def _memory(o: DeployOptions, art: _Artefact, notes: list[str]) -> str:
+    """--memory auto: preflight's measured footprint of the version (build_info "footprint"),
+    else 4Gi; anything else is a Kubernetes quantity."""
+    if str(o.memory).strip().lower() != "auto":
+        return quantity(o.memory, "--memory", "4Gi")
+    fp = ((artifact.read_build_info(art.info.path) or {}).get("footprint") or {}) if art.info else {}
+    if not fp:
+        return "4Gi"
+    memory = f"{-(-int(fp['recommended_memory_bytes']) // 2**20)}Mi"
+    notes.append(f"memory {memory}: preflight footprint of version {art.version} (runtime + 2 x "
+                 "model: hot reload holds two versions)")
+    return memory
+
+
 def _serving_configs(o: DeployOptions, batch_sizes: list[int]) -> tuple[str, str]:
     """batching_parameters.txt and monitoring.config: the files given (checked), else defaults
     (allowed batch sizes = those the version was exported and warmed for)."""
@@ -374,11 +389,12 @@ def plan(o: DeployOptions) -> Plan:
     claim = _storage(o, ident, image_ref)
     scale = _names_and_scale(o, ident, notes)
     btext, mtext = _serving_configs(o, art.batch_sizes)
+    memory = _memory(o, art, notes)
     return Plan(
         target=ident.target, name=ident.name, app=scale.app, base_path=ident.base_path,
         image=image_ref, gpu=gpu, gpus=as_int(o.gpus, "--gpus", minimum=1), version=art.version,
         optimizer=art.optimizer, has_trt=art.has_trt,
-        cpu=quantity(o.cpu, "--cpu", "2"), memory=quantity(o.memory, "--memory", "4Gi"),
+        cpu=quantity(o.cpu, "--cpu", "2"), memory=memory,
         replicas=scale.replicas, min_replicas=scale.min_replicas, max_replicas=scale.max_replicas,
         target_cpu=as_int(o.target_cpu, "--target_cpu", minimum=1), namespace=scale.namespace,
         volume_claim=claim, batching_text=btext, monitoring_text=mtext, notes=notes,
