@@ -102,7 +102,7 @@ def test_serving_step_rejects_wrong_answers(pipeline, tmp_path):
     mod = _load_script()
     a = mod.parser().parse_args(["--model", "unused", "--name", "tiny", "--repo", str(repo),
                                   "--serve_timeout", "300"])
-    state = {"version": 1, "info": mod._build_info(repo, "tiny", 1)}
+    state = {"version": 1, "info": mod.build_info(repo, "tiny", 1)}
     mod.step_config(a, state)
     with pytest.raises(mod.StepFailed, match=f"output '{key[4:]}' differs from the golden"):
         mod.step_serving(a, state)
