@@ -146,6 +146,10 @@ def test_oci_retention_deletes_old_tags_but_not_labelled(repo, oci, registry, tm
     assert _raw_manifest(registry, oci, "tiny-2").status_code == 404
     assert _raw_manifest(registry, oci, "tiny-1").status_code == 200
     assert _raw_manifest(registry, oci, "tiny-3").status_code == 200
+    reg = oci_target.Registry(oci_target.parse_ref(oci + ":x", "--to"))
+    assert sorted(reg.tags()) == ["tiny-1", "tiny-3"]
+    empty = oci_target.Registry(oci_target.parse_ref(oci + "-never-pushed:x", "--to"))
+    assert empty.tags() == []  # the registry's 404 for an unknown repository, by status code
 
 
 def test_credentials_errors_are_fast_and_never_printed(repo, oci, registry, monkeypatch):

@@ -322,12 +322,27 @@ class Registry:
         return r.headers.get("Docker-Content-Digest", "")
 
     def tags(self) -> list[str]:
-        try:
-            return self.client.get_tags(self.ref.uri())
-        except Exception as e:  # noqa: BLE001
-            if "404" in str(e) or "Not Found" in str(e):
-                return []
-            raise PublishError(f"listing tags of {self.ref.repository} failed ({_short(e)})") from None
+        """Every tag of the repository ([] when it does not exist yet), following the
+        registry's ``Link: <...>; rel="next"`` pagination; decided by status code, not text."""
+        import urllib.parse
+
+        url = f"{self.scheme}://{self.ref.host}/v2/{self.ref.repository}/tags/list"
+        out: list[str] = []
+        while url:
+            r = self.request(url, "GET")
+            if r.status_code == 404:
+                return out
+            if r.status_code != 200:
+                raise PublishError(f"listing tags of {self.ref.repository} failed (HTTP "
+                                   f"{r.status_code}): check the credentials' permissions")
+            try:
+                out += list(r.json().get("tags") or [])
+            except ValueError:
+                raise PublishError(f"registry {self.ref.host}: the tag list of "
+                                   f"{self.ref.repository} is not JSON") from None
+            nxt = r.links.get("next", {}).get("url")
+            url = urllib.parse.urljoin(f"{self.scheme}://{self.ref.host}", nxt) if nxt else ""
+        return out
 
     def delete_tag(self, tag: str) -> None:
         found = self.get_manifest(tag)
