@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_builder
 
 from builder.config import lifecycle, models_config, preflight
 from builder.core import artifact
 from builder.core.errors import ConfigError
+from tests.helpers import run_builder
 
 
 def _save(path: Path, kind: str = "good") -> Path:
