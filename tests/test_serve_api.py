@@ -234,7 +234,7 @@ def test_grpc_classify_regress_multi_inference(grpc_client):
     ({"signature_name": "nope", "examples": [{}]}, r"^No signature was found with the name: nope$"),
     ({"signature_name": "predict", "examples": [{}]}, r"^Expected one output Tensor.$"),
     ({"examples": [{"x": [1.0]}]}, r"^Expected one output Tensor.$"),  # serving_default is a classifier
-    ({"signature_name": "regress", "examples": [{"x": [1.0]}]}, r"Key: x, Index: 0.  Number of float values != expected"),
+    ({"signature_name": "regress", "examples": [{"x": [1.0]}]}, r"Key: x, Index: 0.  Number of float values"),
     ({"signature_name": "regress", "examples": [{"k": [1.0]}]}, r"Key: k, Index: 0.  Data types don.t match"),
     ({"signature_name": "regress", "examples": [{"k": 1}]}, r"Feature: x \(data type: float\) is required"),
 ])

@@ -326,48 +326,39 @@ def serve_command(
 
 def _server_from_flags(f: dict[str, Any]) -> LocalServer:
     """serve_command's flags, checked (one-line InputError naming the flag), -> a LocalServer."""
+    from builder.options import as_bool, as_float, as_int
+
     limits = Limits(
-        rest_max_body_bytes=_as_number(f["rest_api_max_body_bytes"], "--rest_api_max_body_bytes", int, 1),
-        max_inflight_request_bytes=_as_number(f["max_inflight_request_bytes"], "--max_inflight_request_bytes",
-                                              int, 1),
-        grpc_max_message_bytes=_as_number(f["grpc_max_message_bytes"], "--grpc_max_message_bytes", int, 1),
-        rest_idle_timeout_seconds=_as_number(f["rest_api_idle_timeout_seconds"],
-                                             "--rest_api_idle_timeout_seconds", float, 0.1),
-        rest_read_timeout_seconds=_as_number(f["rest_api_read_timeout_seconds"],
-                                             "--rest_api_read_timeout_seconds", float, 0.1),
-        rest_api_num_threads=_as_number(f["rest_api_num_threads"], "--rest_api_num_threads", int, 1),
-        grpc_max_threads=_as_number(f["grpc_max_threads"], "--grpc_max_threads", int, 1),
+        rest_max_body_bytes=as_int(f["rest_api_max_body_bytes"], "--rest_api_max_body_bytes", minimum=1),
+        max_inflight_request_bytes=as_int(f["max_inflight_request_bytes"], "--max_inflight_request_bytes",
+                                          minimum=1),
+        grpc_max_message_bytes=as_int(f["grpc_max_message_bytes"], "--grpc_max_message_bytes", minimum=1,
+                                      maximum=GRPC_MAX_MESSAGE_BYTES),
+        rest_idle_timeout_seconds=as_float(f["rest_api_idle_timeout_seconds"], "--rest_api_idle_timeout_seconds",
+                                           positive=True),
+        rest_read_timeout_seconds=as_float(f["rest_api_read_timeout_seconds"], "--rest_api_read_timeout_seconds",
+                                           positive=True),
+        rest_api_num_threads=as_int(f["rest_api_num_threads"], "--rest_api_num_threads", minimum=1),
+        grpc_max_threads=as_int(f["grpc_max_threads"], "--grpc_max_threads", minimum=1),
     )
     return LocalServer(
         model_config_file=f["model_config_file"],
         model_name=f["model_name"],
         model_base_path=f["model_base_path"],
-        port=_as_number(f["port"], "--port", int, 0),
-        rest_api_port=_as_number(f["rest_api_port"], "--rest_api_port", int, 0),
+        port=as_int(f["port"], "--port", minimum=0, maximum=65535),
+        rest_api_port=as_int(f["rest_api_port"], "--rest_api_port", minimum=0, maximum=65535),
         host=str(f["host"]),
-        model_config_file_poll_wait_seconds=_as_number(f["model_config_file_poll_wait_seconds"],
-                                                       "--model_config_file_poll_wait_seconds", float, 0),
-        file_system_poll_wait_seconds=_as_number(f["file_system_poll_wait_seconds"],
-                                                 "--file_system_poll_wait_seconds", float, 0),
-        enable_model_warmup=_as_bool(f["enable_model_warmup"], "--enable_model_warmup"),
+        model_config_file_poll_wait_seconds=as_float(f["model_config_file_poll_wait_seconds"],
+                                                     "--model_config_file_poll_wait_seconds"),
+        file_system_poll_wait_seconds=as_float(f["file_system_poll_wait_seconds"], "--file_system_poll_wait_seconds"),
+        enable_model_warmup=as_bool(f["enable_model_warmup"], "--enable_model_warmup"),
         monitoring_config_file=f["monitoring_config_file"],
         batching_parameters_file=f["batching_parameters_file"],
         echo_log=True,
         limits=limits,
-        enable_signature_method_name_check=_as_bool(f["enable_signature_method_name_check"],
-                                                    "--enable_signature_method_name_check"),
+        enable_signature_method_name_check=as_bool(f["enable_signature_method_name_check"],
+                                                   "--enable_signature_method_name_check"),
     )
-
-
-def _as_number(value: object, flag: str, kind: type, minimum: float) -> Any:
-    """A numeric flag, or one line naming the flag (exit 2)."""
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{flag} {value!r} is not a number: pass e.g. {flag} {kind(minimum)}") from None
-    if number < minimum:
-        raise InputError(f"{flag} {value!r} is too small: use a value >= {kind(minimum)}")
-    return number
 
 
 def _run_until_signalled(server: LocalServer) -> None:
@@ -387,14 +378,3 @@ def _run_until_signalled(server: LocalServer) -> None:
         print("shutting down", flush=True)
         server.stop()
         signal.signal(signal.SIGTERM, previous)
-
-
-def _as_bool(value: object, flag: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    s = str(value).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise InputError(f"{flag} {value!r} is not a boolean: use true or false")
