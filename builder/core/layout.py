@@ -64,9 +64,10 @@ def version_paths(model_dir: str | os.PathLike, warn: Callable[[str], None] | No
 
     Why a mapping and not ``base/str(v)``: the directory keeps its own name (``00000123`` is
     loaded from ``00000123``). Two names for one version (``1`` and ``01``) are a user mistake
-    TF Serving resolves by directory-listing order with a warning; here the canonical name
-    (``1``) wins, else the first name in sorted order, so every command picks the same one.
-    Entries that vanish while listed (a version being deleted) are skipped.
+    TF Serving resolves with a warning, the later child winning; children are taken in byte
+    order (as ``config/lifecycle.discover_versions`` models it), so ``1`` wins over ``01`` and
+    every command picks the same one. Entries that vanish while listed (a version being
+    deleted) are skipped.
     """
     p = Path(model_dir)
     try:
@@ -85,7 +86,7 @@ def version_paths(model_dir: str | os.PathLike, warn: Callable[[str], None] | No
             continue
     out = {}
     for v, paths in sorted(found.items()):
-        chosen = next((c for c in paths if c.name == str(v)), paths[0])
+        chosen = max(paths, key=lambda c: c.name.encode())
         if len(paths) > 1 and warn is not None:
             ignored = ", ".join(c.name for c in paths if c is not chosen)
             warn(f"Duplicate version directories detected. Version {v} will be loaded from "
