@@ -254,7 +254,6 @@ CLIENT_ERRORS = [
     ("5000-digit-integer", '{"instances": [[' + "9" * 5000 + ",1,2,3]]}", "Number too big"),
     ("400-digit-integer", '{"instances": [[' + "9" * 400 + ",1,2,3]]}", "Number too big to be stored in double"),
     ("invalid-utf8", b'{"instances": ["\xff"]}', "Invalid encoding in string. at offset: 16"),
-    ("trailing-garbage", '{"instances": [[1,2,3,4]]} x', "The document root must not be followed by other values."),
     ("bad-b64", '{"signature_name": "strings", "instances": [{"b64": "%%%"}]}', "Unable to base64 decode"),
     ("b64-not-a-string", '{"signature_name": "strings", "instances": [{"b64": 1}]}',
      "not formatted correctly for base64 data"),
@@ -267,6 +266,14 @@ def test_client_errors_are_400(server, case, body, message):
     status, got = RestClient(server.rest_url).post(PREDICT, body)
     assert status == 400, got
     assert message in got["error"], got["error"]
+    good(server)
+
+
+def test_text_after_the_document_is_ignored_as_tf_serving_does(server):
+    """rapidjson's kParseStopWhenDoneFlag: TF Serving stops at the end of the root object."""
+    for tail in (" x", "}", ' {"instances": []}'):
+        status, got = RestClient(server.rest_url).post(PREDICT, '{"instances": [[1,2,3,4]]}' + tail)
+        assert status == 200 and len(got["predictions"]) == 1, got
     good(server)
 
 

@@ -24,6 +24,7 @@ from builder.serve import jsonstream
 from builder.serve.jsonstream import JsonParseError, LazyArray, NotDense
 from builder.serve.status import RpcStatus, invalid
 
+_DECODER = json.JSONDecoder()
 MAX_RANK = 32  # numpy's limit on dimensions (TensorFlow allows 254; TF Serving would fail later)
 _RESPONSE_BLOCK = 1 << 16  # elements per response block
 
@@ -35,7 +36,6 @@ _RAPIDJSON_WORDING = {
     "Unterminated string starting at": "Missing a closing quotation mark in string.",
     "Invalid \\escape": "Invalid escape character in string.",
     "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
-    "Extra data": "The document root must not be followed by other values.",
 }
 
 
@@ -280,8 +280,8 @@ def parse_json_object(body: bytes | bytearray | str) -> Any:
     try:
         if len(text) >= jsonstream.STREAM_MIN_CHARS:
             doc = jsonstream.parse_document(text)
-        else:
-            doc = json.loads(text)
+        else:  # like rapidjson's kParseStopWhenDoneFlag: what follows the root value is ignored
+            doc = _DECODER.raw_decode(text, jsonstream.skip_ws(text, 0))[0]
     except JsonParseError:
         raise
     except json.JSONDecodeError as e:

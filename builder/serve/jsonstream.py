@@ -196,27 +196,16 @@ def _dense_block(piece: str, unit: str, per_element: int, inner: list[int]) -> A
 
 def parse_document(text: str) -> Any:
     """Parse a request body: a dict whose tensor-carrying arrays are ``LazyArray``s (other
-    top-level JSON values come back as they are, for the caller's "Is not object" error)."""
+    top-level JSON values come back as they are, for the caller's "Is not object" error). Like
+    rapidjson with kParseStopWhenDoneFlag (TF Serving), text after the root value is ignored."""
     i = skip_ws(text, 0)
     if i >= len(text):
         raise JsonParseError("The document is empty.", i)
     if text[i] == "[":
-        lazy = _lazy_array(text, i)
-        _expect_end(text, lazy.end)
-        return lazy
+        return _lazy_array(text, i)
     if text[i] != "{":
-        value, end = scan_value(text, i)
-        _expect_end(text, end)
-        return value
-    doc, end = _object(text, i, depth=0)
-    _expect_end(text, end)
-    return doc
-
-
-def _expect_end(text: str, i: int) -> None:
-    i = skip_ws(text, i)
-    if i != len(text):
-        raise JsonParseError("The document root must not be followed by other values.", i)
+        return scan_value(text, i)[0]
+    return _object(text, i, depth=0)[0]
 
 
 def _object(text: str, i: int, depth: int) -> tuple[dict, int]:
