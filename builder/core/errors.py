@@ -48,3 +48,7 @@ class PublishError(BuilderError):
 
 class ServingError(BuilderError):
     """A serving check failed: the server did not come up, or answered wrongly."""
+
+
+class OutputError(BuilderError):
+    """The model repository cannot be written (a path under a file, read-only, disk full)."""
