@@ -86,13 +86,28 @@ def tf1_example_model(out: Path, *, use_main_op: bool = True) -> Path:
         sess.run(v1.global_variables_initializer())
         init = v1.tables_initializer()
         builder = v1.saved_model.Builder(str(out))
-        kw = {"main_op": init} if use_main_op else {"legacy_init_op": init}
         builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map=sigs,
                                              assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS),
-                                             **kw)
+                                             main_op=init)
         builder.save()
     asset_src.unlink()
+    if not use_main_op:
+        as_legacy_init_op(out)
     return out
+
+
+def as_legacy_init_op(path: Path) -> None:
+    """TF 2.x's SavedModelBuilder stores ``legacy_init_op`` as the main op; SavedModels written by
+    TF 1.x keep it in the ``legacy_init_op`` collection, which loaders still honour. Rewrite the
+    collection key so the model is what TF 1.x wrote."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((path / "saved_model.pb").read_bytes())
+    cols = sm.meta_graphs[0].collection_def
+    cols["legacy_init_op"].CopyFrom(cols["saved_model_main_op"])
+    del cols["saved_model_main_op"]
+    (path / "saved_model.pb").write_bytes(sm.SerializeToString())
 
 
 def tf1_table_model(out: Path, *, use_main_op: bool) -> Path:
@@ -111,10 +126,11 @@ def tf1_table_model(out: Path, *, use_main_op: bool) -> Path:
         sess.run([v1.global_variables_initializer(), v1.tables_initializer()])
         sig = v1.saved_model.predict_signature_def({"words": words}, {"ids": ids, "score": score})
         builder = v1.saved_model.Builder(str(out))
-        init = v1.tables_initializer()
-        kw = {"main_op": init} if use_main_op else {"legacy_init_op": init}
-        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig}, **kw)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig},
+                                             main_op=v1.tables_initializer())
         builder.save()
+    if not use_main_op:
+        as_legacy_init_op(out)
     return out
 
 

@@ -122,7 +122,7 @@ def raise_if_failed(reports: dict[str, ParityReport], what: str) -> None:
         return
     total = sum(len(r.outputs) for r in reports.values())
     rows = [("output", "max_abs_diff", "atol", "max_rel_diff", "min_cosine", "status")]
-    multi = len(reports) > 1 or any(reports) and list(reports) != [""]
+    multi = len(reports) > 1
     for key, r in reports.items():
         rows += r.table(f"{key}/" if multi and key else "")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -128,7 +128,7 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
     validate_options(o)
     flow = o.flow or detect_flow(o.model)
     repo = Path(o.repo)
-    run = Run(o, flow, Progress(7 if o.optimize == "tftrt" else 6, quiet),
+    run = Run(o, flow, Progress(6 if o.optimize == "tftrt" else 5, quiet),
               promote.Staging(repo, repo / o.name))
     with _sigterm_as_interrupt():
         try:
@@ -578,8 +578,10 @@ def print_summary(result: ExportResult) -> None:
     info = result.build_info
     p = info["parity"]
     print(f"exported {info['name']} version {result.version} -> {result.path}")
+    print(f"  parity: passed for {len(p['signatures'])} signature(s), max_abs_diff={p['max_abs_diff']:.3g} "
+          f"min_cosine={p['min_cosine']:.6f} on {p['samples']} samples")
     for key, s in p["signatures"].items():
-        print(f"  parity {key} ({info['signatures'][key]['method_name'].rsplit('/', 1)[-1]}): passed, "
+        print(f"    {key} ({info['signatures'][key]['method_name'].rsplit('/', 1)[-1]}): passed, "
               f"max_abs_diff={s['max_abs_diff']:.3g} (atol {s['atol']:.3g}) min_cosine={s['min_cosine']:.6f} "
               f"on {s['samples']} samples ({info['signatures'][key]['samples']})")
     freeze = info["freeze"]

@@ -379,6 +379,10 @@ def _read_npz(p: Path, signatures: dict[str, Signature]) -> dict[str, dict[str, 
             out.setdefault(key, {})[alias] = arr
     if not out:
         have = ", ".join(sorted(arrays)) or "none"
+        if default is not None and signatures[default].inputs:
+            first = signatures[default].inputs[0].alias
+            raise InputError(f"--samples {p}: no array for input {first!r} (has: {have}); save it under "
+                             f"the key {first!r} (SIGNATURE/INPUT for other signatures)")
         wanted = ", ".join(f"{k}/{t.alias}" for k, s in signatures.items() for t in s.inputs)
         raise InputError(f"--samples {p}: no array for any signature input (has: {have}); save them "
                          f"under SIGNATURE/INPUT keys ({wanted})")
