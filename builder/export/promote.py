@@ -31,6 +31,9 @@ _HINTS = {
 }
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
 def write_error(e: OSError, what: str | os.PathLike) -> OutputError:
     hint = _HINTS.get(e.errno or 0, "check the path and the disk")
     return OutputError(f"cannot write {what}: {e.strerror or e} ({hint})")
@@ -75,7 +78,10 @@ def mapped_os_errors(where: str | os.PathLike, repo: str | os.PathLike | None = 
     try:
         yield
     except OSError as e:
-        if repo is not None and e.filename and not _inside(e.filename, repo):
+        inside = repo is None or not e.filename or _inside(e.filename, repo)
+        if e.errno in _WRITE_ERRNOS:  # never a reading problem, whichever file copy() names
+            raise write_error(e, e.filename if inside and e.filename else where) from None
+        if not inside:
             raise InputError(f"cannot read {e.filename}: {e.strerror or e} (check --model)") from None
         raise write_error(e, e.filename or where) from None
 

@@ -294,9 +294,12 @@ def plan(signatures: dict[str, Signature], meta_graph: Any, samples_path: str | 
     given = read_samples(samples_path, signatures) if samples_path else {}
     hints = graph_hints(meta_graph, signatures, saved_model_dir)
     primary, second, origin = {}, {}, {}
+    lossy = s_string_keys(samples_path) if samples_path and Path(samples_path).suffix == ".npz" else set()
     for key, sig in signatures.items():
         if key in given:
             primary[key], origin[key] = given[key], f"--samples {samples_path}"
+            if any(k.split("/")[-1] in given[key] for k in lossy):
+                origin[key] += " (numpy 'S' strings: trailing NUL bytes were lost)"
             continue
         try:
             primary[key] = synthesise(sig, hints, rows, DEFAULT_DIM, seed)
@@ -358,6 +361,15 @@ def _default_key(signatures: dict[str, Signature]) -> str | None:
     if "serving_default" in signatures:
         return "serving_default"
     return next(iter(signatures)) if len(signatures) == 1 else None
+
+
+def s_string_keys(path: str | os.PathLike) -> set[str]:
+    """Keys of an .npz stored as numpy 'S' arrays: their trailing NUL bytes are lost."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k for k in z.files if z[k].dtype.kind == "S"}
+    except (OSError, ValueError):
+        return set()
 
 
 def _read_npz(p: Path, signatures: dict[str, Signature]) -> dict[str, dict[str, np.ndarray]]:

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from builder.core.errors import InputError
-from builder.core.model import StagedModel
+from builder.core.errors import GraphError, InputError
+from builder.core.model import TABLE_INIT_OPS, StagedModel
 from builder.load import signatures as sigs
 from builder.load import stage, surgery
 from builder.load.graphs import first_line, source_session, tf_run_errors
@@ -92,10 +92,26 @@ def restore(meta: Path, prefix: str, clear_devices: bool) -> tuple[Any, Any]:
             except (tf.errors.OpError, ValueError) as e:
                 raise InputError(f"checkpoint {prefix}: cannot restore it into {meta.name}: "
                                  f"{first_line(e)}") from None
+            init_tables(sess)
     except BaseException:
         sess.close()
         raise
     return sess, saver
+
+
+def init_tables(sess: Any) -> None:
+    """Fill the graph's lookup tables, as the user's session would before running it."""
+    import tensorflow as tf
+
+    g = sess.graph
+    inits = list(g.get_collection(tf.compat.v1.GraphKeys.TABLE_INITIALIZERS)) or [
+        op for op in g.get_operations() if op.type in TABLE_INIT_OPS]
+    if not inits:
+        return
+    try:
+        sess.run(inits)
+    except tf_run_errors() as e:
+        raise GraphError(f"the graph's lookup tables cannot be filled: {first_line(e)}") from None
 
 
 def load(req: LoadRequest, out: Path) -> StagedModel:

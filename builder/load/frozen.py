@@ -14,6 +14,7 @@ from builder.core.errors import GraphError, InputError
 from builder.core.model import VARIABLE_OPS, StagedModel
 from builder.load import signatures as sigs
 from builder.load import stage, surgery
+from builder.load.checkpoint import init_tables
 from builder.load.graphs import imported_graph, read_graph_def, source_session
 from builder.load.request import LoadRequest
 
@@ -31,6 +32,7 @@ def load(req: LoadRequest, out: Path) -> StagedModel:
                          "checkpoint flow with its .meta/checkpoint, or freeze it first")
     sess = source_session(imported_graph(graph_def, path.name))
     try:
+        init_tables(sess)
         mg = meta_graph_pb2.MetaGraphDef()
         mg.graph_def.CopyFrom(graph_def)
         mg.meta_info_def.tags.extend(req.tags)

@@ -50,7 +50,7 @@ def select(signatures: dict[str, Signature], wanted: tuple[str, ...] | list[str]
     if missing:
         raise InputError(f"--signature {missing[0]}: not in {where} (has: "
                          f"{', '.join(sorted(signatures)) or 'none'}); pass --signature KEY[,KEY]")
-    return list(dict.fromkeys(wanted))
+    return [k for k in signatures if k in wanted]
 
 
 def rewritten_key(signatures: dict[str, Signature], wanted: tuple[str, ...], where: str) -> str:

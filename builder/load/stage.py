@@ -116,7 +116,7 @@ def stage_asset_filepaths(meta_graph: Any, out: Path) -> list[str]:
         return []
     nodes = {n.name: n for n in meta_graph.graph_def.node}
     staged = []
-    for t in col.node_list.value:
+    for t in dict.fromkeys(tensor_name(v) for v in col.node_list.value):
         node = nodes.get(node_name(t))
         if node is None or node.op != "Const":
             continue
@@ -124,7 +124,8 @@ def stage_asset_filepaths(meta_graph: Any, out: Path) -> list[str]:
         if not path.is_file():
             raise InputError(f"the graph's asset {path} (tensor {t}) does not exist here: put the file "
                              "at that path (or export the model as a SavedModel with its assets)")
-        link_or_copy(path, out / "assets" / path.name)
+        if not (out / "assets" / path.name).exists():
+            link_or_copy(path, out / "assets" / path.name)
         a = meta_graph.asset_file_def.add()
         a.filename, a.tensor_info.name = path.name, tensor_name(t)
         staged.append(path.name)

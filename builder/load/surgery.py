@@ -403,6 +403,7 @@ def serving_roots(meta_graph: Any) -> list[str]:
         if col is not None:
             roots += list(col.node_list.value)
     roots += [a.tensor_info.name for a in asset_defs(meta_graph)]
+    roots += [n.name for n in meta_graph.graph_def.node if n.op in TABLE_INIT_OPS]  # sinks: no output needs them
     for var in _variable_defs(meta_graph):
         roots += [n for n in (var.variable_name, var.initializer_name, var.snapshot_name) if n]
     return roots
