@@ -108,11 +108,11 @@ class LoaderFlags:
 
 # name -> (CLI default, help text). The order is the order in --help.
 LOADER_FLAGS: dict[str, tuple[object, str]] = {
-    "inputs": (None, "Input tensors/nodes, comma separated (e.g. input). Any tensor may be an input: "
-                     "the graph is cut there so input pipelines fall away. Default: the SavedModel "
+    "inputs": (None, "Input tensors/nodes, comma separated (e.g. input). Any tensor may be an input; "
+                     "the graph is cut there so input pipelines fall away. By default the SavedModel "
                      "signatures' inputs, or the only unfed placeholder."),
     "outputs": (None, "Output tensors/nodes, comma separated (e.g. embeddings); the graph is pruned "
-                      "to them. Default: the SavedModel signatures' outputs."),
+                      "to them. By default the SavedModel signatures' outputs."),
     "feed": (None, "Fixed placeholder values folded into constants, e.g. phase_train=false."),
     "input_alias": (None, "Signature keys for inputs, e.g. input=images; the left side may be a node "
                           "name, a tensor name or a signature key."),
@@ -129,7 +129,8 @@ LOADER_FLAGS: dict[str, tuple[object, str]] = {
 
 
 def with_loader_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a CLI command the loader flag group: the flags are appended to its signature (so
+    """Give a CLI command the loader flag group. The help texts avoid ": " because python-fire
+    reads "word: text" on a continuation line as a new argument and cuts the help there. The flags are appended to its signature (so
     python-fire offers them), documented under ``{loader_flags}`` in its docstring's Args, and
     handed to the function as one ``loader: LoaderFlags`` argument."""
     sig = inspect.signature(fn)

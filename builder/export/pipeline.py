@@ -494,8 +494,8 @@ def export_command(
 
     Args:
       model: Path to the model: a checkpoint dir (with *.meta + 'checkpoint' state file) or a
-        .meta file, a frozen graph .pb/.pbtxt, a SavedModel dir (or a TF Serving model dir with
-        numeric versions: the newest is taken), or a .keras/.h5 file.
+        .meta file, a frozen graph .pb/.pbtxt, a SavedModel dir (a TF Serving model dir with
+        numeric version dirs works too, the newest is taken), or a .keras/.h5 file.
       name: Model name in the repository (the TF Serving model name).
       repo: Model repository root; the version goes to REPO/NAME/VERSION.
       flow: checkpoint|frozen|savedmodel|keras; detected from --model when omitted.
@@ -506,17 +506,17 @@ def export_command(
         --noclear_devices keeps them.
       batch_sizes: Batch sizes to warm up (and build TF-TRT profiles for), e.g. 1,8,100.
       warmup_records: Warmup records written per batch size and signature (total capped at 1000).
-      samples: Parity inputs: an .npz keyed SIGNATURE/INPUT (or INPUT for serving_default), a TF
-        Serving REST JSON request, or a TFRecord of PredictionLog; default: synthesised.
+      samples: Parity inputs, an .npz keyed SIGNATURE/INPUT (or INPUT for serving_default), a TF
+        Serving REST JSON request, or a TFRecord of PredictionLog; synthesised when not given.
       num_samples: Number of synthesised parity samples per signature. Default 8.
       seed: Seed for synthesised samples. Default 0.
-      atol: Absolute tolerance for parity (default fp32: 1e-5 x the output's largest magnitude,
-        plus cosine >= 0.99999).
+      atol: Absolute tolerance for parity (by default for fp32 1e-5 x the output's largest
+        magnitude, plus cosine >= 0.99999).
       rtol: Relative tolerance for parity (default 0).
       optimize: none|cpu|tftrt (cpu and tftrt freeze the graph). Default none.
       precision: fp32|fp16|int8|bf16 (fp16/int8 need tftrt). Default fp32.
-      freeze: --freeze turns variables into constants, --nofreeze never; default: decided by what
-        the graph holds (README, "What survives an export").
+      freeze: --freeze turns variables into constants, --nofreeze never; by default decided by
+        what the graph holds (README, "What survives an export").
       allow_unsafe_ops: Export even if the graph still reads/writes files or runs Python.
       max_workspace_size_bytes: TF-TRT workspace (default 1 GiB).
       minimum_segment_size: TF-TRT minimum nodes per TensorRT segment (default 3).
