@@ -129,10 +129,10 @@ LOADER_FLAGS: dict[str, tuple[object, str]] = {
 
 
 def with_loader_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a CLI command the loader flag group. The help texts avoid ": " because python-fire
-    reads "word: text" on a continuation line as a new argument and cuts the help there. The flags are appended to its signature (so
+    """Give a CLI command the loader flag group: the flags are appended to its signature (so
     python-fire offers them), documented under ``{loader_flags}`` in its docstring's Args, and
-    handed to the function as one ``loader: LoaderFlags`` argument."""
+    handed to the function as one ``loader: LoaderFlags`` argument. The help texts avoid ": "
+    because python-fire reads "word: text" on a continuation line as a new argument."""
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.name != "loader"]
     params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)

@@ -31,16 +31,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def cpu_info() -> dict[str, str]:
     """CPU model and the SIMD flags that matter for TF's kernels, from /proc/cpuinfo."""
-    model, flags = platform.processor(), []
+    model, flags, ids = platform.processor(), [], {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and model in ("", "x86_64"):
+                model = value
+            elif key in ("cpu family", "model") and key not in ids:
+                ids[key] = value
+            elif key == "flags":
+                flags = value.split()
                 break
     except OSError:
         pass
+    if ids:  # virtual machines often report only "AMD EPYC": family/model tell the generation
+        model += f" (family {ids.get('cpu family', '?')}, model {ids.get('model', '?')})"
     wanted = [f for f in flags if f.startswith(("avx", "amx", "fma")) or f in ("sse4_2",)]
     return {"model": model, "flags": " ".join(sorted(wanted)), "cores": str(os.cpu_count())}
 

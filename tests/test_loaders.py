@@ -222,3 +222,32 @@ def test_input_shapes_for_tensors_of_unknown_shape(tmp_path):
     m.close()
     with pytest.raises(InputError, match="not a shape"):
         loaders.parse_shape("abc")
+
+
+def test_loader_flag_group_is_defined_once():
+    import inspect
+
+    from builder.export.pipeline import export_command
+    from builder.options import LOADER_FLAGS, LoaderFlags
+
+    params = inspect.signature(export_command).parameters
+    assert set(LOADER_FLAGS) <= set(params) and "loader" not in params
+    for name in LOADER_FLAGS:  # documented in --help, from the one definition
+        assert f"      {name}:" in export_command.__doc__
+    flags = LoaderFlags.from_cli(inputs="a,b", feed="phase_train=false", input_alias=("x=images",),
+                                 tags=None, signature="serving_default,classify")
+    assert flags.inputs == ["a", "b"] and flags.feed == {"phase_train": "false"}
+    assert flags.input_alias == {"x": "images"} and flags.tags == ["serve"]
+    assert flags.signatures == ["serving_default", "classify"]
+    with pytest.raises(InputError, match="--feed phase_train"):
+        LoaderFlags.from_cli(feed="phase_train")
+
+
+def test_load_request_tells_surgery_from_signature_edits(tmp_path):
+    from builder.load.request import LoadRequest
+    from builder.options import LoaderFlags
+
+    edit = LoadRequest.from_flags(tmp_path, "savedmodel", LoaderFlags(input_alias={"x": "y"}, signatures=["a"]))
+    assert not edit.surgery
+    cut = LoadRequest.from_flags(tmp_path, "savedmodel", LoaderFlags(input_shapes={"x": "?x4"}))
+    assert cut.surgery and cut.input_shapes == {"x": [None, 4]}

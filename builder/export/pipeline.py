@@ -65,16 +65,19 @@ class Progress:
 
     def __init__(self, total: int, quiet: bool = False):
         self.total, self.n, self.quiet = total, 0, quiet
+        self.seconds: dict[str, float] = {}  # step name -> wall seconds, for build_info
 
     @contextmanager
-    def step(self, text: str):
+    def step(self, text: str, name: str = ""):
         self.n += 1
         start = time.perf_counter()
         if not self.quiet:
             print(f"[{self.n}/{self.total}] {text} ...", file=sys.stderr, flush=True)
         yield
+        took = time.perf_counter() - start
+        self.seconds[name or text.split()[0]] = round(took, 3)
         if not self.quiet:
-            print(f"      done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+            print(f"      done in {took:.1f}s", file=sys.stderr, flush=True)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -155,7 +158,7 @@ def stage(run: Run) -> None:
 
     o = run.o
     req = o.load_request(run.flow)
-    with run.progress.step(f"loading {run.flow} model {o.model}"):
+    with run.progress.step(f"loading {run.flow} model {o.model}", "stage"):
         run.staging.open()
         with promote.mapped_os_errors(run.staging.model_dir, repo=run.staging.repo):
             run.staged = load(req, run.out)
@@ -182,7 +185,7 @@ def freeze_and_optimize(run: Run) -> None:
     assert staged is not None and run.facts is not None
     run.freeze = freeze.decide(staged, run.facts, o.freeze, o.optimize)
     with run.progress.step(f"freezing: {'yes' if run.freeze.frozen else 'no'} ({run.freeze.reason}); "
-                           f"optimizing ({o.optimize}, {o.precision})"):
+                           f"optimizing ({o.optimize}, {o.precision})", "freeze_and_optimize"):
         if not run.freeze.frozen:
             run.opt_info = {"optimizer": "none", "precision": o.precision, "passes": []}
             return
@@ -229,7 +232,7 @@ def _convert_tftrt(run: Run, plain: Path, model: Any) -> None:
     from builder.optimize import tftrt as _trt
 
     o = run.o
-    with run.progress.step("converting with TF-TRT"):
+    with run.progress.step("converting with TF-TRT", "tftrt"):
         converted = run.out.parent / "trt"
         opts = _trt.TrtOptions(precision=o.precision, batch_sizes=tuple(o.batch_sizes), **o.trt)
         run.trt_info = _trt.convert_saved_model(plain, converted, model.inputs, opts)
@@ -250,7 +253,7 @@ def run_source(run: Run) -> None:
     """Outputs of the source for every sample set, then the source is released."""
     assert run.plan is not None and run.staged is not None
     with run.progress.step(f"running the source model on the parity samples ({len(run.plan.primary)} "
-                           "signature(s))"):
+                           "signature(s))", "run_source"):
         for key, inputs in list(run.plan.primary.items()):
             try:
                 run.expected[key] = run.staged.run_source(key, inputs)
@@ -312,7 +315,7 @@ def check_parity(run: Run) -> None:
     assert run.plan is not None and run.staged is not None
     o = run.o
     with run.progress.step(f"parity check: exported SavedModel vs source model ({len(run.expected)} "
-                           "signature(s))"):
+                           "signature(s))", "parity"):
         table = None
         if o.optimize == "tftrt":
             from builder.optimize import tftrt as _trt
@@ -407,6 +410,7 @@ def build_info(run: Run, version: int) -> dict[str, Any]:
         "parity": _parity_json(run.reports, main),
         "notes": staged.notes,
         "export_seconds": round(time.perf_counter() - run.t0, 3),
+        "step_seconds": dict(run.progress.seconds),
         "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "reproduce": reproduce_command(o, version),
     }

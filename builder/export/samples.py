@@ -539,6 +539,7 @@ def _concat(p: Path, key: str, parts: list[dict[str, np.ndarray]]) -> dict[str, 
 
 def _read_prediction_logs(p: Path, signatures: dict[str, Signature]) -> dict[str, dict[str, np.ndarray]]:
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
     from tensorflow_serving.apis import prediction_log_pb2
 
     out: dict[str, list[dict[str, np.ndarray]]] = {}
@@ -550,7 +551,7 @@ def _read_prediction_logs(p: Path, signatures: dict[str, Signature]) -> dict[str
     for i, raw in enumerate(records):
         try:
             log = prediction_log_pb2.PredictionLog.FromString(raw)
-        except Exception:  # noqa: BLE001 - protobuf's DecodeError is not importable in a stable place
+        except DecodeError:
             raise InputError(f"--samples {p}: record {i} is not a PredictionLog") from None
         key, arrays = _log_inputs(p, i, log, signatures)
         out.setdefault(key, []).append(arrays)

@@ -1,8 +1,9 @@
 """The pre-staging loader API, kept for callers outside the export (benchmark source
-candidates, optimiser tests): ``load(path, flow, inputs=..., ...)`` -> a frozen
-``NormalizedModel`` of one signature whose ``run_source`` runs the source model.
+candidates, optimiser tests): ``load(path, flow, inputs=..., ...)`` -> a ``NormalizedModel`` of
+one signature whose ``run_source`` runs the source model.
 
-It stages the model in a temporary directory, freezes it, and removes the directory on
+It stages the model in a temporary directory and freezes it when that loses nothing (tables,
+assets, init ops keep the staged graph as ``graph_def`` instead); the directory goes on
 ``close()``. New code should use ``builder.load.load(LoadRequest, out)``.
 """
 
@@ -13,7 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from builder.core.errors import GraphError
 from builder.core.model import NormalizedModel, graph_facts
 from builder.load.detect import FLOWS, detect_flow
 from builder.load.graphs import dtype_name, first_line, parse_shape, shape_list
@@ -49,11 +49,10 @@ def load(path: str | os.PathLike, flow: str | None = None, *, inputs: list[str] 
         staged = stage_model(req, tmp / "model")
         key = signature if signature in staged.signatures else (
             "serving_default" if "serving_default" in staged.signatures else next(iter(staged.signatures)))
-        facts = graph_facts(read_saved_model(staged.path).meta_graphs[0], staged.path / "variables")
-        if facts.freeze_blockers():
-            raise GraphError(f"{path}: cannot be frozen ({'; '.join(facts.freeze_blockers())})")
-        gd = freeze.frozen_graph_def(staged) if facts.variables else read_saved_model(
-            staged.path).meta_graphs[0].graph_def
+        mg = read_saved_model(staged.path).meta_graphs[0]
+        facts = graph_facts(mg, staged.path / "variables")
+        freezable = facts.variables and not facts.freeze_blockers()
+        gd = freeze.frozen_graph_def(staged) if freezable else mg.graph_def
         model = freeze.normalized(staged, gd, key)
     except BaseException:
         if staged is not None:
