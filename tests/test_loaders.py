@@ -239,7 +239,7 @@ def test_loader_flag_group_is_defined_once():
     assert flags.inputs == ["a", "b"] and flags.feed == {"phase_train": "false"}
     assert flags.input_alias == {"x": "images"} and flags.tags == ["serve"]
     assert flags.signatures == ["serving_default", "classify"]
-    with pytest.raises(InputError, match="--feed phase_train"):
+    with pytest.raises(InputError, match="--feed 'phase_train' is not KEY=VALUE"):
         LoaderFlags.from_cli(feed="phase_train")
 
 

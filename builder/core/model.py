@@ -336,7 +336,7 @@ def graph_facts(meta_graph: Any, variables_dir: str | Path | None = None) -> Gra
     """Tables, init op, assets, saver subgraph and variables of one MetaGraphDef."""
     gd = meta_graph.graph_def
     facts = GraphFacts()
-    _, saver_functions = _saver_functions(meta_graph)
+    _, saver_functions = saver_subgraph(meta_graph)
     facts.init_op = init_op(meta_graph)
     facts.assets = sorted({a.filename for a in asset_defs(meta_graph)})
     index = GraphIndex(gd)
@@ -395,26 +395,38 @@ def serving_reach(meta_graph: Any) -> tuple[set[str], set[str]]:
     return nodes, reachable_functions(gd, [by_name[n] for n in nodes])
 
 
+SAVER_OPS = frozenset({"Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2", "RestoreSlice",
+                       "MergeV2Checkpoints"})
+
+
 def unsafe_nodes(meta_graph: Any, unsafe_ops: Iterable[str]) -> list[tuple[str, str]]:
-    """(node, op) of file/Python ops that can run when serving (``serving_reach``)."""
+    """(node, op) of file/Python ops in the graph. Checkpoint save/restore ops count only where
+    serving can reach them: every SavedModel has them for its variables (TF2 inside library
+    functions, TF1 under ``save/``, sometimes twice), and they only run when fetched. Other
+    file/Python ops count anywhere - TF Serving has no PyFunc kernel and fails the whole load."""
     ops = set(unsafe_ops)
     nodes, fns = serving_reach(meta_graph)
-    by_name = {n.name: n for n in meta_graph.graph_def.node}
-    out = [(name, by_name[name].op) for name in nodes if by_name[name].op in ops]
+    out = [(n.name, n.op) for n in meta_graph.graph_def.node
+           if n.op in ops and (n.op not in SAVER_OPS or n.name in nodes)]
     for fn in meta_graph.graph_def.library.function:
-        if fn.signature.name in fns:
-            out += [(f"{fn.signature.name}/{n.name}", n.op) for n in fn.node_def if n.op in ops]
+        reached = fn.signature.name in fns
+        out += [(f"{fn.signature.name}/{n.name}", n.op) for n in fn.node_def
+                if n.op in ops and (n.op not in SAVER_OPS or reached)]
     return sorted(out)
 
 
-def _saver_functions(meta_graph: Any) -> tuple[set[str], set[str]]:
-    """Nodes and functions reachable from the saver's save/restore ops."""
+def saver_subgraph(meta_graph: Any) -> tuple[set[str], set[str]]:
+    """Top-level nodes (variables excluded) and library functions only the saver reaches."""
     sd = meta_graph.saver_def
-    targets = [t for t in (sd.save_tensor_name, sd.restore_op_name) if t]
+    targets = [t for t in (sd.save_tensor_name, sd.restore_op_name, sd.filename_tensor_name) if t]
+    if not targets:
+        return set(), set()
     gd = meta_graph.graph_def
-    nodes = fan_in(gd, targets)
     by_name = {n.name: n for n in gd.node}
-    return nodes, reachable_functions(gd, [by_name[n] for n in nodes])
+    nodes = {n for n in fan_in(gd, targets) if by_name[n].op not in VARIABLE_OPS}
+    serving_nodes, serving_fns = serving_reach(meta_graph)
+    fns = reachable_functions(gd, [by_name[n] for n in nodes]) - serving_fns
+    return nodes - serving_nodes, fns
 
 
 def asset_defs(meta_graph: Any) -> list[Any]:
