@@ -195,3 +195,42 @@ def source_outputs_tf1(path: Path, signature: str, inputs: dict[str, np.ndarray]
         sig = mg.signature_def[signature]
         return s.run({k: v.name for k, v in sig.outputs.items()},
                      {sig.inputs[k].name: v for k, v in inputs.items()})
+
+
+def tf2_half_plus_two(out: Path) -> Path:
+    """TF Serving's TF2 test model in our own words (``saved_model_half_plus_two_tf2_cpu``): y = a*x
+    + b with an asset, a fixed-size [1] predict input, and classify/regress signatures that
+    parse tf.Examples - all written with method name predict, as tf.saved_model.save does."""
+    import tensorflow as tf
+
+    asset_file = out.parent / ".foo.txt"
+    asset_file.parent.mkdir(parents=True, exist_ok=True)
+    asset_file.write_text("asset-file-contents")
+    spec = {"x": tf.io.FixedLenFeature([1], tf.float32),
+            "x2": tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0])}
+
+    class HalfPlusTwo(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = tf.Variable(0.5), tf.Variable(2.0), tf.Variable(3.0)
+            self.asset = tf.saved_model.Asset(str(asset_file))
+
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.float32)])
+        def predict(self, x):
+            return {"y": self.a * x + self.b}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def regress(self, serialized):
+            x = tf.io.parse_example(serialized, spec)["x"]
+            return {"outputs": self.a * x + self.c}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def classify(self, serialized):
+            x = tf.io.parse_example(serialized, spec)["x"]
+            return {"scores": self.a * x + self.b}
+
+    m = HalfPlusTwo()
+    tf.saved_model.save(m, str(out), signatures={"serving_default": m.predict, "regress_x_to_y2": m.regress,
+                                                 "classify_x_to_y": m.classify})
+    asset_file.unlink()
+    return out

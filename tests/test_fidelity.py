@@ -17,7 +17,7 @@ import pytest
 from conftest import run_builder
 
 from builder.core import artifact
-from builder.export import pipeline
+from builder.export import parity, pipeline
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +259,28 @@ def test_inspect_shows_signatures_init_op_assets_tables(exported):
     assert doc["unsafe_ops"] == []  # SaveV2/RestoreV2/MergeV2Checkpoints are the saver's own
     assert {"SaveV2", "RestoreV2"} <= {n.op for f in artifact.read_saved_model(exported["tf2_table_loop"].path)
                                        .meta_graphs[0].graph_def.library.function for n in f.node_def}
+
+
+def test_tf_serving_style_model_dirs_export_with_default_flags(tmp_path):
+    """TF Serving's own test models (our replica of saved_model_half_plus_two_tf2_cpu) under
+    NAME/00000123: the newest numeric version is taken, as TF Serving takes it."""
+    src = fm.tf2_half_plus_two(tmp_path / "saved_model_half_plus_two_tf2_cpu" / "00000123")
+    r = pipeline.export(pipeline.ExportOptions(model=str(src.parent), name="hp2", repo=str(tmp_path / "repo"),
+                                               batch_sizes=[1, 3]), quiet=True)
+    info = r.build_info
+    assert sorted(info["kept_signatures"]) == ["classify_x_to_y", "regress_x_to_y2", "serving_default"]
+    assert info["graph"]["assets"] == [".foo.txt"] and (r.path / "assets" / ".foo.txt").is_file()
+    assert info["signatures"]["serving_default"]["inputs"]["x"]["shape"] == [1]  # fixed size kept
+    got = parity.run_saved_model(r.path, {"x": np.array([4.0], np.float32)})
+    assert got["y"].tolist() == [4.0]
+
+
+@pytest.mark.skipif(not os.environ.get("TFS_SERVING_TESTDATA"),
+                    reason="set TFS_SERVING_TESTDATA to tensorflow_serving/servables/tensorflow/testdata of a "
+                           "TF Serving checkout to run on its own SavedModels")
+@pytest.mark.parametrize("name", ["saved_model_half_plus_two_cpu", "saved_model_half_plus_two_tf2_cpu",
+                                  "saved_model_half_plus_two_2_versions", "saved_model_half_plus_two_mlmd"])
+def test_tf_serving_testdata_exports(name, tmp_path):
+    src = Path(os.environ["TFS_SERVING_TESTDATA"]) / name
+    r = pipeline.export(pipeline.ExportOptions(model=str(src), name="hp2", repo=str(tmp_path)), quiet=True)
+    assert r.build_info["parity"]["passed"] and "serving_default" in r.build_info["kept_signatures"]
