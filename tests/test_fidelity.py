@@ -11,13 +11,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import fidelity_models as fm
 import numpy as np
 import pytest
-from conftest import run_builder
 
 from builder.core import artifact
 from builder.export import parity, pipeline
+from tests.helpers import fidelity_models as fm
+from tests.helpers import run_builder
 
 
 @pytest.fixture(scope="module")

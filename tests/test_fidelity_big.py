@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+from tests.helpers import ROOT
 
 GIB = 2.1
 
@@ -33,9 +34,7 @@ def _run(args: list[str], cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess
 def big_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("big") / "m"
     code = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(ROOT / "tests")!r})
-        import fidelity_models
+        from tests.helpers import fidelity_models
         fidelity_models.tf2_big_variable(__import__("pathlib").Path({str(out)!r}), gib={GIB})
     """)
     p, _, _ = _run([sys.executable, "-c", code])

@@ -13,15 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fidelity_models as fm
-import models
 import numpy as np
 import pytest
-from conftest import ROOT, run_builder
 
 from builder.core import artifact
 from builder.core.errors import InputError
 from builder.export import parity, pipeline
+from tests.helpers import ROOT, models, run_builder
+from tests.helpers import fidelity_models as fm
 
 
 def _one_error_line(p: subprocess.CompletedProcess, *fragments: str) -> str:

@@ -8,14 +8,14 @@ import base64
 import json
 from pathlib import Path
 
-import fidelity_models as fm
 import numpy as np
 import pytest
-from conftest import run_builder
 
 from builder.core import artifact
 from builder.core.errors import GraphError, InputError, ParityError
 from builder.export import parity, pipeline
+from tests.helpers import fidelity_models as fm
+from tests.helpers import run_builder
 
 
 @pytest.fixture(scope="module")

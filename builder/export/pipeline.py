@@ -45,7 +45,16 @@ from builder.export import samples as sample_inputs
 from builder.export.request import DEFAULT_BATCH_SIZES, ExportOptions, reproduce_command, validate_options
 from builder.load.detect import detect_flow
 from builder.load.graphs import first_line, tf_run_errors
-from builder.options import LoaderFlags, as_int_list, with_loader_flags
+from builder.options import (
+    LoaderFlags,
+    as_bool,
+    as_bool_or_auto,
+    as_float,
+    as_int,
+    as_int_list,
+    as_optional_str,
+    with_loader_flags,
+)
 
 __all__ = ["DEFAULT_BATCH_SIZES", "ExportOptions", "ExportResult", "export", "export_command", "batch_of",
            "sha256_file", "validate_options", "reproduce_command"]
@@ -549,33 +558,38 @@ def export_command(
 def options_from_cli(*, loader: LoaderFlags, trt: dict[str, Any], **raw: Any) -> ExportOptions:
     """python-fire's raw values -> ExportOptions (errors name the flag)."""
     o = ExportOptions(
-        model=str(raw["model"]) if raw["model"] else "", name=str(raw["name"]) if raw["name"] else "",
-        repo=str(raw["repo"]) if raw["repo"] else "", flow=str(raw["flow"]) if raw["flow"] else None,
-        version=layout.parse_version(raw["version"]), overwrite=bool(raw["overwrite"]),
+        model=as_optional_str(raw["model"]) or "", name=as_optional_str(raw["name"]) or "",
+        repo=as_optional_str(raw["repo"]) or "", flow=as_optional_str(raw["flow"]),
+        version=layout.parse_version(raw["version"]), overwrite=as_bool(raw["overwrite"], "--overwrite"),
         inputs=loader.inputs, outputs=loader.outputs, feed=loader.feed, input_alias=loader.input_alias,
         output_alias=loader.output_alias, input_shapes=loader.input_shapes, tags=loader.tags,
-        signature=loader.signatures or None,
-        checkpoint=str(raw["checkpoint"]) if raw["checkpoint"] else None,
-        clear_devices=bool(raw["clear_devices"]),
+        signature=loader.signatures or None, checkpoint=as_optional_str(raw["checkpoint"]),
+        clear_devices=as_bool(raw["clear_devices"], "--clear_devices"),
         batch_sizes=as_int_list(raw["batch_sizes"], "--batch_sizes"),
-        warmup_records=_int(raw["warmup_records"], "--warmup_records"),
-        samples=str(raw["samples"]) if raw["samples"] else None,
-        num_samples=_int(raw["num_samples"], "--num_samples"), seed=_int(raw["seed"], "--seed"),
-        atol=_float(raw["atol"], "--atol"), rtol=_float(raw["rtol"], "--rtol"),
-        optimize=str(raw["optimize"]), precision=str(raw["precision"]), freeze=_switch(raw["freeze"], "--freeze"),
-        allow_unsafe_ops=bool(raw["allow_unsafe_ops"]),
+        warmup_records=as_int(raw["warmup_records"], "--warmup_records"),
+        samples=as_optional_str(raw["samples"]),
+        num_samples=as_int(raw["num_samples"], "--num_samples"), seed=as_int(raw["seed"], "--seed"),
+        atol=_number_or_none(raw["atol"], "--atol"), rtol=_number_or_none(raw["rtol"], "--rtol"),
+        optimize=str(raw["optimize"]), precision=str(raw["precision"]),
+        freeze=as_bool_or_auto(raw["freeze"], "--freeze"),
+        allow_unsafe_ops=as_bool(raw["allow_unsafe_ops"], "--allow_unsafe_ops"),
     )
     if not o.model:
         raise InputError("--model is required: the model file or directory to export")
     if o.optimize == "tftrt":
-        o.trt = {**trt, "max_workspace_size_bytes": _int(trt["max_workspace_size_bytes"], "--max_workspace_size_bytes"),
-                 "minimum_segment_size": _int(trt["minimum_segment_size"], "--minimum_segment_size"),
-                 "calibration_data": str(trt["calibration_data"]) if trt["calibration_data"] else None,
+        o.trt = {**trt, "max_workspace_size_bytes": as_int(trt["max_workspace_size_bytes"],
+                                                           "--max_workspace_size_bytes"),
+                 "minimum_segment_size": as_int(trt["minimum_segment_size"], "--minimum_segment_size"),
+                 "calibration_data": as_optional_str(trt["calibration_data"]),
                  "calibration_preprocessing": str(trt["calibration_preprocessing"]),
-                 "calibration_batch_size": _int(trt["calibration_batch_size"], "--calibration_batch_size"),
+                 "calibration_batch_size": as_int(trt["calibration_batch_size"], "--calibration_batch_size"),
                  "dynamic_shape_profile_strategy": str(trt["dynamic_shape_profile_strategy"]),
-                 "build_engines": bool(trt["build_engines"])}
+                 "build_engines": as_bool(trt["build_engines"], "--build_engines")}
     return o
+
+
+def _number_or_none(v: Any, flag: str) -> float | None:
+    return None if v is None else as_float(v, flag)
 
 
 def print_summary(result: ExportResult) -> None:
@@ -592,32 +606,3 @@ def print_summary(result: ExportResult) -> None:
     print(f"  kept: {', '.join(info['kept_signatures'])}; frozen: {'yes' if freeze['frozen'] else 'no'} "
           f"({freeze['reason']}); export took {info['export_seconds']:.1f}s")
     print(f"  reproduce: {info['reproduce']}")
-
-
-def _switch(v: Any, flag: str) -> bool | None:
-    if v is None or isinstance(v, bool):
-        return v
-    text = str(v).strip().lower()
-    if text in ("auto", ""):
-        return None
-    if text in ("true", "yes", "1"):
-        return True
-    if text in ("false", "no", "0"):
-        return False
-    raise InputError(f"{flag} {v!r}: use --freeze, --nofreeze, or leave it out")
-
-
-def _int(v: Any, flag: str) -> int:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{flag} {v!r}: must be an integer") from None
-
-
-def _float(v: Any, flag: str) -> float | None:
-    if v is None:
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{flag} {v!r}: must be a number") from None

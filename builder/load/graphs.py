@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from builder.core.errors import GraphError, InputError
+from builder.core.errors import GraphError, InputError, first_line
 from builder.core.model import node_name, tensor_name
 
 __all__ = ["node_name", "tensor_name", "first_line", "dtype_name", "shape_list", "parse_shape",
@@ -27,17 +27,6 @@ def tf_run_errors() -> tuple[type[BaseException], ...]:
     import tensorflow as tf
 
     return (tf.errors.OpError, ValueError, TypeError)
-
-
-def first_line(e: BaseException) -> str:
-    """The informative line of a (often many-line) TensorFlow error."""
-    text = getattr(e, "message", None) or str(e)
-    noise = ("Graph execution error", "Detected at node", "Traceback", "File ", "[[", "Original stack",
-             "Node:", "Op:")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(noise)]
-    line = (useful or lines or [type(e).__name__])[0]
-    return line if len(line) <= 240 else line[:237] + "..."
 
 
 def dtype_name(dtype: Any) -> str:
