@@ -290,3 +290,31 @@ def test_savedmodel_surgery_prunes_outputs_and_keeps_variables(tiny_tf2_sm, tmp_
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     want = tf.saved_model.load(str(tiny_tf2_sm)).signatures["serving_default"](x=tf.constant(x))["logits"]
     np.testing.assert_allclose(parity.run_saved_model(r.path, {"x": x})["logits"], want.numpy(), atol=1e-6)
+
+
+def test_keras_surgery_rewrites_the_keras_export(tiny_keras, tmp_path):
+    """Surgery flags on a Keras model rewrite Keras' own export; the source for parity is that
+    export as TF Serving loads it."""
+    r = pipeline.export(pipeline.ExportOptions(model=str(tiny_keras), name="k", repo=str(tmp_path / "r"),
+                                               outputs=["score"], batch_sizes=[1]), quiet=True)
+    info = r.build_info
+    assert info["flow"] == "keras" and info["surgery"] and info["parity"]["passed"]
+    assert set(info["signatures"]["serving_default"]["outputs"]) == {"score"}
+
+
+def test_automatic_freeze_that_fails_keeps_the_variables(tiny_ckpt, monkeypatch, tmp_path):
+    from builder.core.errors import GraphError
+    from builder.load import freeze
+    from tests.helpers import CKPT_FLAGS
+
+    def broken(staged):
+        raise GraphError("freezing the export failed: simulated")
+
+    monkeypatch.setattr(freeze, "frozen_graph_def", broken)
+    r = pipeline.export(pipeline.ExportOptions(model=str(tiny_ckpt), name="c", repo=str(tmp_path / "r"),
+                                               batch_sizes=[1], **CKPT_FLAGS), quiet=True)
+    assert r.build_info["freeze"]["frozen"] is False and "simulated" in r.build_info["freeze"]["reason"]
+    assert r.build_info["parity"]["passed"] and list((r.path / "variables").iterdir())
+    with pytest.raises(GraphError, match="simulated"):  # asked for explicitly: the error stands
+        pipeline.export(pipeline.ExportOptions(model=str(tiny_ckpt), name="c", repo=str(tmp_path / "r"),
+                                               batch_sizes=[1], freeze=True, **CKPT_FLAGS), quiet=True)

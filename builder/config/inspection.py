@@ -16,15 +16,6 @@ from builder.core.errors import InputError
 from builder.core.model import INIT_OP_SIGNATURE, graph_facts, unsafe_nodes
 
 
-def _dtype_name(enum: int) -> str:
-    import tensorflow as tf
-
-    try:
-        return tf.as_dtype(enum).name
-    except TypeError:
-        return str(enum)
-
-
 def _shape(proto: Any) -> list[int] | None:
     if proto.unknown_rank:
         return None
@@ -34,7 +25,7 @@ def _shape(proto: Any) -> list[int] | None:
 def _entry(v: Any) -> dict[str, Any]:
     kind = v.WhichOneof("encoding")
     name = v.name if kind == "name" else f"({kind})"
-    return {"tensor": name, "dtype": _dtype_name(v.dtype),
+    return {"tensor": name, "dtype": artifact.dtype_name(v.dtype),
             "shape": _shape(v.tensor_shape) if v.HasField("tensor_shape") else None}
 
 

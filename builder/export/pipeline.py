@@ -198,7 +198,14 @@ def freeze_and_optimize(run: Run) -> None:
         if not run.freeze.frozen:
             run.opt_info = {"optimizer": "none", "precision": o.precision, "passes": []}
             return
-        gd = freeze.frozen_graph_def(staged) if run.facts.variables else _staged_graph_def(run)
+        try:
+            gd = freeze.frozen_graph_def(staged) if run.facts.variables else _staged_graph_def(run)
+        except GraphError as e:
+            if run.freeze.decided_by != "auto":
+                raise
+            run.freeze = freeze.FreezeDecision(False, f"freezing failed, kept unfrozen ({e})", "auto")
+            run.opt_info = {"optimizer": "none", "precision": o.precision, "passes": []}
+            return
         if o.optimize in ("cpu", "tftrt"):
             _optimize(run, gd)
             return

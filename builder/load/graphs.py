@@ -30,15 +30,10 @@ def tf_run_errors() -> tuple[type[BaseException], ...]:
 
 
 def dtype_name(dtype: Any) -> str:
-    """numpy-style dtype name; ``string`` for tf.string (numpy has no such dtype)."""
-    import tensorflow as tf
+    """numpy-style dtype name ("float32", "bool", "string" for tf.string): artifact's one definition."""
+    from builder.core.artifact import dtype_name as name
 
-    dtype = tf.as_dtype(dtype)
-    if dtype == tf.string:
-        return "string"
-    if dtype == tf.resource or dtype == tf.variant:
-        return dtype.name
-    return dtype.as_numpy_dtype.__name__ if dtype != tf.bfloat16 else "bfloat16"
+    return name(dtype)
 
 
 def shape_list(shape: Any) -> list[int | None] | None:

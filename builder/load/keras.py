@@ -113,8 +113,8 @@ def _rewritten(req: LoadRequest, model: Any, out: Path) -> StagedModel:
     sm = savedmodel.read_saved_model(plain_dir)
     source = sigs.ServingSession(plain_dir, ["serve"], f"--model {req.path} (Keras export)")
     try:
-        staged = savedmodel._rewritten(dataclasses.replace(req, tags=("serve",)), plain_dir,
-                                       sm.meta_graphs[0], source, out, f"{req.path.name} (keras)")
+        staged = savedmodel.rewrite_saved_model(dataclasses.replace(req, tags=("serve",)), plain_dir,
+                                                sm.meta_graphs[0], source, out, f"{req.path.name} (keras)")
     except BaseException:
         source.close()
         raise

@@ -62,7 +62,7 @@ def load(req: LoadRequest, out: Path) -> StagedModel:
     source = sigs.ServingSession(src, req.tags, f"--model {src}")
     try:
         if req.surgery:
-            return _rewritten(req, src, sm.meta_graphs[idx], source, out, label)
+            return rewrite_saved_model(req, src, sm.meta_graphs[idx], source, out, label)
         return _kept(req, src, sm, idx, source, out)
     except BaseException:
         source.close()
@@ -108,8 +108,8 @@ def _describe_edit(available: dict, chosen: dict, renamed: dict[str, dict[str, s
     return "; ".join(parts) or "converted saved_model.pbtxt to saved_model.pb"
 
 
-def _rewritten(req: LoadRequest, src: Path, mg: Any, source: sigs.ServingSession, out: Path,
-               label: str) -> StagedModel:
+def rewrite_saved_model(req: LoadRequest, src: Path, mg: Any, source: sigs.ServingSession, out: Path,
+                        label: str) -> StagedModel:
     """Surgery on the MetaGraph; variables and assets files stay as the source has them."""
     available = sigs.signatures_of(mg)
     if req.inputs or req.outputs or req.input_shapes:

@@ -426,6 +426,10 @@ def prune(meta_graph: Any, roots: list[str]) -> None:
     """Keep the roots' fan-in (graph order preserved) and the library functions it calls."""
     gd = meta_graph.graph_def
     keep = fan_in(gd, roots)
+    # TF2 graphs read every variable once at top level ("v/Read/ReadVariableOp"); freezing finds
+    # variable values through those reads, so they stay with their variable
+    keep |= {n.name for n in gd.node if n.op == "ReadVariableOp" and n.input and node_name(n.input[0]) in keep
+             and all(node_name(i) in keep for i in n.input)}
     kept = [n for n in gd.node if n.name in keep]
     del gd.node[:]
     gd.node.extend(kept)
