@@ -19,11 +19,7 @@ from builder.load.detect import FLOWS, detect_flow
 from builder.load.graphs import dtype_name, first_line, parse_shape, shape_list
 from builder.load.request import LoadRequest
 
-__all__ = ["FLOWS", "detect_flow", "parse_shape", "load", "dtype_name", "first_line", "shape_list",
-           "_dtype_name", "_first_line", "_shape_list"]
-
-# old private names other modules imported
-_dtype_name, _first_line, _shape_list = dtype_name, first_line, shape_list
+__all__ = ["FLOWS", "detect_flow", "parse_shape", "load", "dtype_name", "first_line", "shape_list"]
 
 
 def load(path: str | os.PathLike, flow: str | None = None, *, inputs: list[str] | None = None,
