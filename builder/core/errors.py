@@ -50,6 +50,10 @@ class ServingError(BuilderError):
     """A serving check failed: the server did not come up, or answered wrongly."""
 
 
+class OutputError(BuilderError):
+    """The model repository cannot be written (a path under a file, read-only, disk full)."""
+
+
 def first_line(e: BaseException) -> str:
     """The informative line of a (often many-line) TensorFlow or library error.
 
