@@ -26,6 +26,7 @@ setup(
         "fire==0.7.1",
         "requests==2.34.2",
         "docker==7.2.0",
+        "aiohttp==3.14.5",  # the local server's REST front end (builder/serve/rest.py)
     ],
     extras_require={
         "s3": ["fsspec==2026.9.0", "s3fs==2026.9.0"],

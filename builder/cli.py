@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("builder.config.models_config", "config_command"),
     "inspect": ("builder.config.inspection", "inspect_command"),
     "preflight": ("builder.config.preflight", "preflight_command"),
-    "serve": ("builder.serve.server", "serve_command"),
+    "serve": ("builder.serve.local", "serve_command"),
     "publish": ("builder.publish.api", "publish_command"),
     "pull": ("builder.publish.api", "pull_command"),
     "verify": ("builder.publish.api", "verify_command"),

@@ -161,7 +161,7 @@ def test_models_config_errors_stop_before_anything_is_written(repo, tmp_path):
     with pytest.raises(ConfigError, match=r"--models_config .* has no model named 'tiny' \(it has: other\)"):
         api.publish(str(repo), "tiny", str(tmp_path / "o"), keep=1, models_config=str(cfg))
     cfg.write_text("model_config_list { config { name: ")
-    with pytest.raises(ConfigError, match=r"--models_config .* is not a ModelServerConfig"):
+    with pytest.raises(ConfigError, match=r"--models_config .*: not a ModelServerConfig"):
         api.publish(str(repo), "tiny", str(tmp_path / "o"), keep=1, models_config=str(cfg))
     with pytest.raises(InputError, match=r"--models_config .*nope.config: cannot read it"):
         api.publish(str(repo), "tiny", str(tmp_path / "o"), models_config=str(tmp_path / "nope.config"))

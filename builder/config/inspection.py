@@ -89,11 +89,11 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
         return {"kind": "savedmodel", "versions": [inspect_saved_model(p)]}
     if p.is_dir() and layout.list_versions(p):
         return {"kind": "model", "name": p.name,
-                "versions": [inspect_saved_model(p / str(v)) for v in layout.list_versions(p)]}
+                "versions": [inspect_saved_model(d) for d in layout.version_paths(p).values()]}
     models = [m for m in layout.list_models(p) if layout.list_versions(p / m)] if p.is_dir() else []
     if models:
-        return {"kind": "repo", "models": {m: [inspect_saved_model(p / m / str(v))
-                                               for v in layout.list_versions(p / m)] for m in models}}
+        return {"kind": "repo", "models": {m: [inspect_saved_model(d)
+                                               for d in layout.version_paths(p / m).values()] for m in models}}
     raise InputError(f"{p}: not a SavedModel, model directory (numeric versions) or repository")
 
 

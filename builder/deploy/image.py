@@ -28,7 +28,7 @@ from pathlib import Path
 from builder.config import compat
 from builder.core import artifact
 from builder.core.errors import CompatibilityError, ConfigError, InputError
-from builder.core.layout import list_models, list_versions
+from builder.core.layout import list_models, list_versions, version_dir
 
 DEFAULT_SERVING_TAG = "2.17.0-gpu"
 SERVING_REPOSITORY = "tensorflow/serving"
@@ -164,7 +164,7 @@ def scan_repo(repo: str | os.PathLike, models: Iterable[str] | None = None) -> l
             raise InputError(f"--models {name}: {root / name} has no numeric version "
                              "directories: export a version first")
         for v in versions:
-            out.append(scan_version(name, v, root / name / str(v)))
+            out.append(scan_version(name, v, version_dir(root, name, v)))
     if not out:
         raise InputError(f"--repo {root}: no model versions found: export one with "
                          "'python -m builder export ... --repo " + str(root) + "'")
@@ -207,15 +207,9 @@ def check_models_config(text: str, source: str, models_dir: Path) -> list[str]:
     nothing and retry forever, so it is refused here rather than discovered in production.
     Returns the model names the config serves.
     """
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
+    from builder.config.models_config import parse_config_proto
 
-    cfg = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, cfg)
-    except text_format.ParseError as e:
-        raise ConfigError(f"{source}: not a ModelServerConfig text proto ({e}): regenerate it "
-                          "with 'python -m builder config --base_path /models'") from None
+    cfg = parse_config_proto(text, source, "regenerate it with 'python -m builder config --base_path /models'")
     if not cfg.HasField("model_config_list") or not cfg.model_config_list.config:
         raise ConfigError(f"{source}: serves no models (no model_config_list entries): "
                           "regenerate it with 'python -m builder config --base_path /models'")
