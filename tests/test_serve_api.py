@@ -326,7 +326,7 @@ def test_warmup_replays_classify_regress_multi_inference_and_predict(server, tmp
     cfg = write_models_config(repo / "models.config", [{"name": "census", "base_path": repo / "census"}])
     with pytest.raises(ServingError, match="warmup failed for census version 1: Expected classification signature "
                                            "outputs to contain at least one of"):
-        LocalServer(cfg).start()
+        LocalServer(cfg, max_num_load_retries=0).start()
     shutil.rmtree(extra)
     with LocalServer(cfg, file_system_poll_wait_seconds=0) as s:  # the same model without it serves
         s.wait_until_ready(60)
