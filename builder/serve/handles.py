@@ -262,7 +262,8 @@ class ContainerServer(ServerHandle):
                  monitoring_config_file: str | os.PathLike = "",
                  file_system_poll_wait_seconds: float = 1,
                  model_config_file_poll_wait_seconds: float = 0,
-                 enable_model_warmup: bool = True) -> None:
+                 enable_model_warmup: bool = True,
+                 allow_version_labels_for_unavailable_models: bool = False) -> None:
         super().__init__()
         self.repo = Path(repo).resolve()
         self.image, self.gpu = image, gpu
@@ -286,6 +287,8 @@ class ContainerServer(ServerHandle):
             f"--model_config_file_poll_wait_seconds={int(model_config_file_poll_wait_seconds)}",
             f"--enable_model_warmup={'true' if enable_model_warmup else 'false'}",
         ]
+        if allow_version_labels_for_unavailable_models:
+            self.flags.append("--allow_version_labels_for_unavailable_models=true")
         for flag, src, dst in (("--batching_parameters_file", batching_parameters_file, "batching_parameters.txt"),
                                ("--monitoring_config_file", monitoring_config_file, "monitoring.config")):
             if src:
