@@ -1,19 +1,19 @@
 """TF Serving's model life-cycle rules as pure functions over real files.
 
-How builder/serve should use it (the local server adopts these after its split lands): read the
-flags into ``ServerFlags`` (defaults are ``tensorflow_model_server``'s). On start-up call
-``startup_plan(config, flags, load_errors=...)`` - or, while loading for real, apply the same
-order: ``validate_config`` first, then ``check_labels`` with nothing available (labels are
-checked *before* any model is added), then load ``aspired(policy, discover_versions(...))`` of
-every model and wait for each model's latest aspired version; any failure exits. On every file
-system poll use ``discover_versions``/``aspired`` (duplicate ``1``/``01`` names, files that parse
-as versions, the fast path of the ``specific`` policy), decide loads/unloads with
-``next_action`` (availability preserving: the old version serves until the new one is
-AVAILABLE), retry failed loads on ``load_attempt_offsets(flags)`` and never again while the
-failed directory stays on disk. Before a version turns AVAILABLE, ``check_warmup`` must be empty.
-On a config reload, ``check_labels(..., previous_labels=current)`` decides whether the whole new
-config is refused. ``poll_mode`` tells whether the base paths / config file are read once,
-periodically or never.
+Used by ``preflight`` (simulating the real server) and by the local server
+(``builder/serve/manager.py``, ``builder/serve/local.py``), in this order: read the flags into
+``ServerFlags`` (defaults are ``tensorflow_model_server``'s); on every config ``validate_config``,
+then ``check_labels`` against the versions AVAILABLE at that moment (nothing at start-up: labels
+are checked *before* any model is added; ``previous_labels`` on a reload), and a refusal rejects
+the whole config. On every file system poll ``discover_versions``/``aspired`` (duplicate
+``1``/``01`` names, files that parse as versions, the fast path of the ``specific`` policy; the
+version-name rule is ``builder.core.layout.parse_version_name`` and the policy evaluation
+``models_config.served_versions``, one definition each); loads and unloads by ``next_action``
+(availability preserving: the old version serves until the new one is AVAILABLE); failed loads
+retried on ``load_attempt_offsets(flags)`` and never again while the failed directory stays on
+disk. Before a version turns AVAILABLE, ``check_warmup`` must be empty. Start-up waits for the
+latest aspired version of every model (``startup_plan``). ``poll_mode`` / ``config_poll_mode``
+tell whether the base paths / config file are read once, periodically or never.
 
 Every rule names the TF Serving 2.17.0 source it copies (tensorflow_serving/...).
 """
