@@ -286,6 +286,19 @@ def test_start_up_waits_for_a_model_with_no_version_yet(repo):
         t.join(10)
 
 
+def test_a_reload_does_not_wait_for_a_model_without_versions_but_wait_until_ready_does(repo):
+    (repo / "later").mkdir()
+    with LocalServer(config(repo), file_system_poll_wait_seconds=0.1) as s, GrpcClient(s.grpc_target) as client:
+        later = f'config {{ name: "later" base_path: "{repo / "later"}" model_platform: "tensorflow" }}'
+        assert client.reload_config(config_text(repo)[:-2] + later + " }").status.error_code == 0
+        assert "model later has no version yet: not waiting for it" in s.log_text()
+        with pytest.raises(ServingError, match=r"no servable versions on disk for model\(s\) later after 1 s"):
+            s.wait_until_ready(1.0)
+        shutil.copytree(repo.parent / "pristine2", repo / "later" / "3")
+        s.wait_until_ready(20)
+        assert states(s, "later") == {3: "AVAILABLE"}
+
+
 def _start(s: LocalServer, errors: list[BaseException]) -> None:
     try:
         s.start()
@@ -385,7 +398,7 @@ def test_poll_interval_0_lists_base_paths_once(repo):
         other = f'config {{ name: "other" base_path: "{repo / "toy"}" model_platform: "tensorflow" }}'
         with pytest.raises(grpc.RpcError) as err:
             client.reload_config(config_text(repo)[:-2] + other + " }")
-        assert "lists base paths only at start-up" in err.value.details() and "serving#1519" in err.value.details()
+        assert "lists no base path after start-up" in err.value.details() and "serving#1519" in err.value.details()
         assert states(s, "other") == {}
 
 
@@ -416,6 +429,8 @@ def test_config_file_is_reread_only_for_a_positive_interval(repo):
 
 
 def test_life_cycle_flags_have_tf_servings_names_and_defaults(repo, capsys):
+    from builder.serve.handles import ContainerServer
+
     s = LocalServer(config(repo))
     assert s.lifecycle_flags.allow_version_labels_for_unavailable_models is False
     assert lifecycle.load_attempt_offsets(s.lifecycle_flags) == [0, 60, 120, 180, 240, 300]
@@ -424,3 +439,9 @@ def test_life_cycle_flags_have_tf_servings_names_and_defaults(repo, capsys):
     assert cli_main(["serve", "--model_config_file", str(config(repo)),
                      "--allow_version_labels_for_unavailable_models", "maybe"]) == 2
     assert "--allow_version_labels_for_unavailable_models" in capsys.readouterr().err
+    with_flag, default = (ContainerServer(repo, config(repo), allow_version_labels_for_unavailable_models=True),
+                          ContainerServer(repo, config(repo)))
+    assert "--allow_version_labels_for_unavailable_models=true" in with_flag.flags  # as the serving image
+    assert not any("allow_version_labels" in f for f in default.flags)  # TF Serving's default
+    with_flag.stop()  # no container was started: removes the rewritten config only
+    default.stop()

@@ -9,8 +9,8 @@ integration suite runs against either backend with the official client. Its life
 Serving 2.17's (``builder/config/lifecycle.py``, applied by ``manager.ModelManager``): labels are
 checked before models are added, a failed new version leaves the old one serving, failed loads
 are retried on --max_num_load_retries / --load_retry_interval_micros, and start-up waits for the
-latest version of every model and fails (exit 1, TF Serving's message) when one cannot load. It does not batch across
-requests: a request runs as it comes, at the batch size the client sent.
+latest version of every model and fails (exit 1, TF Serving's message) when one cannot load.
+It does not batch across requests: a request runs as it comes, at the batch size the client sent.
 
 This module imports nothing heavy at import time (``python -m builder --help`` imports it).
 """
@@ -248,7 +248,7 @@ class LocalServer(ServerHandle):
         if not added:
             return []
         if lifecycle.poll_mode(self.fs_poll) != "periodic":
-            msgs = [f"model {n}: --file_system_poll_wait_seconds={self.fs_poll:g} lists base paths only at "
+            msgs = [f"model {n}: --file_system_poll_wait_seconds={self.fs_poll:g} lists no base path after "
                     "start-up, so tensorflow_model_server never loads a model added later and this reload "
                     "would block (serving#1519): poll periodically or restart the server" for n in added]
             for m in msgs:
