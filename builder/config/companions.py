@@ -128,8 +128,10 @@ def parse_batching_parameters(text: str, source: str = BATCHING_FILE) -> Any:
                 f"max_batch_size ({got}): set max_batch_size {{ value: {sizes[-1]} }}"
             )
     for name in ("num_batch_threads", "max_batch_size", "max_enqueued_batches"):
-        if msg.HasField(name) and getattr(msg, name).value <= 0:
-            raise ConfigError(f"{source}: {name} must be >= 1: fix the value in the file")
+        # TF Serving turns max_enqueued_batches 0 into 1 (without large-batch splitting)
+        least = 0 if name == "max_enqueued_batches" else 1
+        if msg.HasField(name) and getattr(msg, name).value < least:
+            raise ConfigError(f"{source}: {name} must be >= {least}: fix the value in the file")
     return msg
 
 

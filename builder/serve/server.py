@@ -571,6 +571,7 @@ class Servable:
         self._refs = 0
         self._cond = threading.Condition()
         self._closed = False
+        self.batcher: Any = None  # batching hook: builder.serve.batching scheduler, set before load()
 
     def load(self, enable_warmup: bool) -> None:
         import tensorflow as tf
@@ -701,7 +702,11 @@ class Servable:
                             + ", ".join(f"{a}={n}" for a, n in sorted(sizes.items()))
                             + " (every input's first dimension must match)")
         try:
-            values = self.session.run([sig.outputs[a].name for a in aliases], feed_dict=feed)
+            fetches = [sig.outputs[a].name for a in aliases]
+            if self.batcher is not None:  # batching hook: merge with concurrent requests
+                values = self.batcher.run(self, feed, fetches, self.session.run)  # batching hook
+            else:
+                values = self.session.run(fetches, feed_dict=feed)
         except tf.errors.OpError as e:
             from tensorflow.core.protobuf import error_codes_pb2
 
@@ -780,6 +785,7 @@ class ModelManager:
         self._models: dict[str, _ModelRuntime] = {}
         self._states: dict[str, dict[int, VersionState]] = {}
         self._servables: dict[str, dict[int, Servable]] = {}
+        self.batcher: Any = None  # batching hook: shared by every version this manager loads
 
     # -- requests --------------------------------------------------------------------------------
     def acquire(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
@@ -897,6 +903,7 @@ class ModelManager:
         self.log.info("Loading servable version {name: %s version: %d}", name, version)
         t0 = time.monotonic()
         s = Servable(name, version, path, self.log)
+        s.batcher = self.batcher  # batching hook: warmup runs through the batcher, as in TF Serving
         try:
             s.load(self.enable_warmup)
         except RpcStatus as e:
@@ -1081,8 +1088,11 @@ def _grpc_servicers(core: ServingCore, server: LocalServer) -> tuple[Any, Any]:
 
     class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+            from builder.serve import batching  # batching hook
+
             try:
-                return core.predict_proto(request)
+                with batching.grpc_deadline(context):  # batching hook: deadline bounds the queue wait
+                    return core.predict_proto(request)
             except RpcStatus as e:
                 abort(context, e)
 
@@ -1411,6 +1421,7 @@ class LocalServer(ServerHandle):
         batching_parameters_file: str | os.PathLike = "",
         grpc_max_threads: int = 16,
         echo_log: bool = False,
+        enable_batching: bool = False,  # batching hook
     ) -> None:
         super().__init__()
         self.model_config_file = str(model_config_file or "")
@@ -1427,16 +1438,10 @@ class LocalServer(ServerHandle):
         self.log.setLevel(logging.INFO)
         self.log.addHandler(self._log_handler)
         self.metrics_path = self._read_monitoring(monitoring_config_file)
-        if batching_parameters_file:
-            from builder.config.companions import parse_batching_parameters
+        from builder.serve import batching  # batching hook
 
-            try:
-                text = Path(batching_parameters_file).read_text(encoding="utf-8")
-            except OSError as e:
-                raise InputError(f"--batching_parameters_file {batching_parameters_file}: cannot read ({e})") from None
-            parse_batching_parameters(text, str(batching_parameters_file))
-            self.log.info("batching parameters in %s parsed; the local server runs each request "
-                          "at the batch size sent (no cross-request batching)", batching_parameters_file)
+        self.batcher = batching.from_flags(enable_batching, batching_parameters_file, self.log,  # batching hook
+                                           RpcStatus)  # batching hook
         if self.model_config_file and (model_name or model_base_path):
             raise InputError("pass either --model_config_file or --model_name/--model_base_path, not both")
         if self.model_config_file:
@@ -1453,6 +1458,7 @@ class LocalServer(ServerHandle):
             raise InputError("no models to serve: pass --model_config_file models.config, or "
                              "--model_name NAME --model_base_path /abs/path/NAME")
         self.manager = ModelManager(self.log, enable_model_warmup)
+        self.manager.batcher = self.batcher  # batching hook
         self.metrics = _Metrics()
         self.core = ServingCore(self.manager, self.metrics)
         self._grpc: Any = None
@@ -1592,6 +1598,8 @@ class LocalServer(ServerHandle):
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
+        if self.batcher is not None:  # batching hook: run what was queued, end the batch threads
+            self.batcher.stop()  # batching hook
         self.manager.shutdown()
 
 
@@ -1867,9 +1875,13 @@ def serve_command(
         grpc_max_message_bytes: largest gRPC message accepted (TF Serving uses 2^31-1).
         monitoring_config_file: MonitoringConfig text proto; with prometheus_config.enable the
             REST port also serves request metrics at prometheus_config.path.
-        batching_parameters_file: BatchingParameters text proto; parsed and checked as TF
-            Serving would, but the local server does not batch across requests.
-        enable_batching: accepted for flag compatibility with tensorflow_model_server.
+        batching_parameters_file: BatchingParameters text proto (max_batch_size,
+            batch_timeout_micros, num_batch_threads, max_enqueued_batches, allowed_batch_sizes,
+            pad_variable_length_inputs, ...); used with --enable_batching. Without it the file
+            is only checked (tensorflow_model_server refuses to start then).
+        enable_batching: merge concurrent requests to the same model version and signature into
+            batches, as tensorflow_model_server --enable_batching does (TF Serving's defaults
+            when no --batching_parameters_file is given).
         host: address to bind; 127.0.0.1 by default (0.0.0.0 listens on all interfaces).
     """
     server = LocalServer(
@@ -1887,8 +1899,8 @@ def serve_command(
         monitoring_config_file=monitoring_config_file,
         batching_parameters_file=batching_parameters_file,
         echo_log=True,
+        enable_batching=_as_bool(enable_batching, "--enable_batching"),  # batching hook
     )
-    del enable_batching
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
