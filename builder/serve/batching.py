@@ -387,7 +387,7 @@ class _Queue:
             now = time.monotonic()
             live = [t for t in batch.tasks if t.deadline is None or t.deadline > now]
             if not live:
-                self.scheduler.stats.refused_timeout += len(batch.tasks)
+                self.scheduler.count_timeouts(len(batch.tasks))
                 raise self.scheduler.error_type("RESOURCE_EXHAUSTED", QUEUE_TIMEOUT)
             feed, padding = self._merge(batch)
             values = self.run_fn(list(self.fetch_names), feed)
@@ -572,6 +572,16 @@ class SharedBatchScheduler:
                 "tensorflow_model_server would merge them and fail the batch with FAILED_PRECONDITION "
                 "(set pad_variable_length_inputs: true, or send equal shapes)", ", ".join(feed_names))
 
+    def count_timeouts(self, n: int) -> None:
+        with self._cv:
+            self.stats.refused_timeout += n
+
+    def take_stats(self) -> BatchStats:
+        """The statistics so far, and start counting afresh."""
+        with self._cv:
+            stats, self.stats = self.stats, BatchStats()
+        return stats
+
     def record(self, batch: _Batch, padding: int) -> None:
         with self._cv:
             s = self.stats
@@ -622,6 +632,25 @@ class SharedBatchScheduler:
         end = time.monotonic() + timeout
         for t in self._threads:
             t.join(timeout=max(end - time.monotonic(), 0.0))
+
+    def reconfigure(self, options: BatchingOptions) -> None:
+        """Drain, then continue with new options, fresh queues and fresh statistics: what a server
+        restarted with another batching_parameters.txt would do, without reloading the models
+        (``tune`` measures many parameter sets on one loaded server this way)."""
+        problem = options.problem()
+        if problem:
+            raise ValueError(problem)
+        self.stop()
+        with self._cv:
+            self.options = options
+            self._queues = weakref.WeakKeyDictionary()
+            self.stats = BatchStats()
+            self._rr = 0
+            self._stopping = False
+            self._threads = [threading.Thread(target=self._thread_main, name=f"{options.thread_pool_name}_{i}",
+                                              daemon=True) for i in range(options.num_batch_threads)]
+        for t in self._threads:
+            t.start()
 
 
 # ---------------------------------------------------------------------------------------------

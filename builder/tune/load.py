@@ -1,0 +1,213 @@
+"""Closed-loop concurrent gRPC clients: N callers, each sending its next request as soon as the
+previous answer arrives, for a fixed time; throughput and latency percentiles of what completed.
+
+Why a separate, minimal process: the clients must not compete with the server for Python's GIL
+(the local server is Python too), and their own cost must be small next to the model's. So the
+client sends one pre-serialized ``PredictRequest`` through a raw gRPC method (no protobuf or
+TensorFlow import, no per-request encoding) and only checks the status. ``python -m
+builder.tune.load`` runs it in a child process; ``run_levels`` is the in-process API (used by that
+child, by ``tune`` and by benchmarks that want a concurrent-clients figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+DEFAULT_WARMUP_SECONDS = 0.5
+
+
+@dataclass
+class LoadResult:
+    """One measurement point: ``concurrency`` closed-loop clients for ``seconds``."""
+
+    concurrency: int
+    seconds: float
+    requests: int  # answered OK inside the window
+    errors: dict[str, int] = field(default_factory=dict)  # gRPC status name -> count
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    mean_ms: float = 0.0
+    load_avg: tuple[float, float, float] | None = None  # os.getloadavg() when the point ended
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["load_avg"] = list(self.load_avg) if self.load_avg else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoadResult:
+        d = dict(d)
+        if d.get("load_avg") is not None:
+            d["load_avg"] = tuple(d["load_avg"])
+        return cls(**d)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an ascending list; 0 for an empty one."""
+    if not sorted_values:
+        return 0.0
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def summarize(concurrency: int, seconds: float, latencies: list[float], errors: Counter) -> LoadResult:
+    lat = sorted(latencies)
+    ms = [v * 1000 for v in lat]
+    return LoadResult(
+        concurrency=concurrency, seconds=round(seconds, 3), requests=len(lat), errors=dict(errors),
+        rps=round(len(lat) / seconds, 2) if seconds > 0 else 0.0,
+        p50_ms=round(percentile(ms, 50), 2), p90_ms=round(percentile(ms, 90), 2),
+        p99_ms=round(percentile(ms, 99), 2), max_ms=round(ms[-1], 2) if ms else 0.0,
+        mean_ms=round(sum(ms) / len(ms), 2) if ms else 0.0,
+        load_avg=tuple(round(v, 2) for v in os.getloadavg()),
+    )
+
+
+def closed_loop(target: str, request: bytes, concurrency: int, seconds: float,
+                warmup_seconds: float = DEFAULT_WARMUP_SECONDS, timeout: float = 60.0,
+                method: str = PREDICT_METHOD) -> LoadResult:
+    """``concurrency`` threads, one channel each (as separate client processes would have), send
+    ``request`` back to back; answers completed inside [warmup, warmup + seconds] are counted."""
+    import grpc
+
+    start = time.monotonic()
+    t_open, t_close = start + warmup_seconds, start + warmup_seconds + seconds
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: Counter = Counter()
+    options = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1)]
+
+    def client() -> None:
+        with grpc.insecure_channel(target, options=options) as ch:
+            call = ch.unary_unary(method)  # raw bytes in and out
+            mine: list[float] = []
+            bad: Counter = Counter()
+            while True:
+                t0 = time.monotonic()
+                if t0 >= t_close:
+                    break
+                try:
+                    call(request, timeout=timeout)
+                    code = "OK"
+                except grpc.RpcError as e:
+                    code = e.code().name
+                t1 = time.monotonic()
+                if t0 >= t_open and t1 <= t_close:
+                    if code == "OK":
+                        mine.append(t1 - t0)
+                    else:
+                        bad[code] += 1
+                if code != "OK" and code != "UNAVAILABLE":
+                    time.sleep(0.001)  # no busy loop on a broken server
+            with lock:
+                latencies.extend(mine)
+                errors.update(bad)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=warmup_seconds + seconds + timeout + 5)
+    return summarize(concurrency, seconds, latencies, errors)
+
+
+def run_levels(target: str, request: bytes, levels: Iterable[int], seconds: float,
+               warmup_seconds: float = DEFAULT_WARMUP_SECONDS,
+               on_result: Callable[[LoadResult], None] | None = None) -> list[LoadResult]:
+    """One ``closed_loop`` per concurrency level, in order."""
+    out = []
+    for c in levels:
+        r = closed_loop(target, request, int(c), seconds, warmup_seconds)
+        if on_result:
+            on_result(r)
+        out.append(r)
+    return out
+
+
+def run_levels_in_child(target: str, request: bytes, levels: Iterable[int], seconds: float,
+                        warmup_seconds: float = DEFAULT_WARMUP_SECONDS, workdir: str | os.PathLike = ".",
+                        on_result: Callable[[LoadResult], None] | None = None,
+                        before_level: Callable[[int], None] | None = None) -> list[LoadResult]:
+    """``run_levels`` in a child process (``python -m builder.tune.load --step``), so the clients
+    do not share the GIL with an in-process server. The child starts each level only when told,
+    so ``before_level`` can reset server-side counters between levels."""
+    tag = f"{os.getpid()}-{threading.get_ident()}"
+    req_file = Path(workdir) / f"request-{tag}.bin"
+    err_file = Path(workdir) / f"load-{tag}.err"
+    req_file.write_bytes(request)
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    levels = [int(c) for c in levels]
+    cmd = [sys.executable, "-m", "builder.tune.load", "--step", "--target", target, "--request", str(req_file),
+           "--levels", ",".join(map(str, levels)), "--seconds", str(seconds), "--warmup_seconds", str(warmup_seconds)]
+    out: list[LoadResult] = []
+    try:
+        with open(err_file, "w") as err, subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                cwd=str(root)) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            for c in levels:
+                if before_level:
+                    before_level(c)
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+                while line and not line.startswith("{"):
+                    line = proc.stdout.readline()
+                if not line:
+                    break
+                r = LoadResult.from_dict(json.loads(line))
+                out.append(r)
+                if on_result:
+                    on_result(r)
+            proc.stdin.close()
+            code = proc.wait(timeout=30)
+        if code != 0 or len(out) != len(levels):
+            tail = err_file.read_text(errors="replace").strip()[-2000:]
+            raise RuntimeError(f"load generator exited {code} after {len(out)} of {len(levels)} levels: {tail}")
+    finally:
+        req_file.unlink(missing_ok=True)
+        err_file.unlink(missing_ok=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", required=True, help="host:port of a PredictionService")
+    p.add_argument("--request", required=True, help="file holding one serialized PredictRequest")
+    p.add_argument("--levels", required=True, help="comma list of concurrency levels, e.g. 1,4,16")
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--warmup_seconds", type=float, default=DEFAULT_WARMUP_SECONDS)
+    p.add_argument("--step", action="store_true", help="wait for a line on stdin before each level")
+    a = p.parse_args(argv)
+    request = Path(a.request).read_bytes()
+    for c in (int(x) for x in a.levels.split(",") if x.strip()):
+        if a.step and not sys.stdin.readline():
+            break
+        r = closed_loop(a.target, request, c, a.seconds, a.warmup_seconds)
+        print(json.dumps(r.as_dict()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The model's own speed per batch size, measured in this process (no server, no RPC).
+
+Why: batching trades latency for throughput along the curve images/s = b / latency(b). That
+curve, measured on the serving CPU, says which batch sizes are worth trying (past the knee a
+bigger batch only adds latency) and bounds what any server can reach: the server's requests/s at
+its batch size is judged against it. The model is loaded exactly as the local server loads it (TF1
+SavedModel loader, own graph and session), so the figures are the server's compute cost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from builder.core.errors import InputError
+
+LADDER = (1, 2, 4, 8, 16, 32, 64)
+KNEE_FRACTION = 0.9  # the knee: the smallest batch reaching 90% of the best images/s
+
+
+@dataclass
+class BatchPoint:
+    batch_size: int
+    runs: int
+    p50_ms: float
+    min_ms: float
+    images_per_s: float  # batch_size / median latency
+    load_avg: tuple[float, float, float]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["load_avg"] = list(self.load_avg)
+        return d
+
+
+@dataclass
+class LoadedModel:
+    """A version loaded as the server loads it, plus one realistic single-row request."""
+
+    session: Any
+    signature_key: str
+    signature: Any
+    sample: dict[str, np.ndarray]  # alias -> rows (golden inputs when the version has them)
+
+    def feed(self, batch_size: int) -> dict[str, np.ndarray]:
+        """``batch_size`` rows, cycling through the sample rows."""
+        out = {}
+        for alias, rows in self.sample.items():
+            idx = np.arange(batch_size) % rows.shape[0]
+            out[self.signature.inputs[alias].name] = rows[idx]
+        return out
+
+    def fetches(self) -> list[str]:
+        return [self.signature.outputs[a].name for a in sorted(self.signature.outputs)]
+
+    def request(self, model_name: str) -> bytes:
+        """A serialized one-row ``PredictRequest`` for this model and signature."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = model_name
+        req.model_spec.signature_name = self.signature_key
+        for alias, rows in self.sample.items():
+            req.inputs[alias].CopyFrom(tf.make_tensor_proto(rows[:1]))
+        return req.SerializeToString()
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def load_model(version_dir: str | os.PathLike, signature_key: str = "serving_default") -> LoadedModel:
+    """Load ``version_dir`` and pick sample inputs: golden.npz rows, else zeros of the declared
+    shapes (InputError naming the input when a non-batch dimension is unknown)."""
+    import tensorflow as tf
+
+    from builder.core import artifact
+
+    artifact.read_saved_model(version_dir)  # a clear error for a directory that is not a SavedModel
+    graph = tf.Graph()
+    sess = tf.compat.v1.Session(graph=graph)
+    with graph.as_default():
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(version_dir))
+    sig = meta.signature_def.get(signature_key)
+    if sig is None:
+        sess.close()
+        raise InputError(f"{version_dir}: no signature {signature_key!r} (has {sorted(meta.signature_def)}): "
+                         "pass --signature")
+    golden = artifact.read_golden(version_dir)
+    sample = {}
+    for alias, info in sig.inputs.items():
+        if golden is not None and alias in golden.inputs and golden.inputs[alias].ndim >= 1:
+            sample[alias] = golden.inputs[alias]
+            continue
+        dims = [d.size for d in info.tensor_shape.dim]
+        if info.tensor_shape.unknown_rank or any(d < 0 for d in dims[1:]):
+            sess.close()
+            raise InputError(f"{version_dir}: input {alias!r} has unknown dimensions {dims} and the "
+                             "version has no golden.npz: export it with the builder (it writes samples)")
+        dtype = tf.dtypes.as_dtype(info.dtype).as_numpy_dtype
+        sample[alias] = np.zeros([1, *dims[1:]], dtype=dtype)
+    return LoadedModel(sess, signature_key, sig, sample)
+
+
+def measure(model: LoadedModel, batch_size: int, seconds: float, min_runs: int = 2) -> BatchPoint:
+    """Median latency of ``model`` at one batch size: one untimed run (a new shape), then runs
+    until ``seconds`` have passed and at least ``min_runs`` were timed."""
+    feed, fetches = model.feed(batch_size), model.fetches()
+    model.session.run(fetches, feed_dict=feed)
+    times: list[float] = []
+    end = time.monotonic() + seconds
+    while len(times) < min_runs or time.monotonic() < end:
+        t0 = time.perf_counter()
+        model.session.run(fetches, feed_dict=feed)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    med = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+    return BatchPoint(batch_size, len(times), round(med * 1000, 2), round(times[0] * 1000, 2),
+                      round(batch_size / med, 2), tuple(round(v, 2) for v in os.getloadavg()))
+
+
+def profile(model: LoadedModel, max_batch: int, seconds_per_size: float = 1.0,
+            on_point: Callable[[BatchPoint], None] | None = None,
+            sizes: Iterable[int] = LADDER, slow_run_seconds: float = 2.0) -> list[BatchPoint]:
+    """Latency per batch size up the ladder to ``max_batch``. Stops early once throughput has
+    fallen below the knee fraction of the best seen (past the peak), or when one run takes more
+    than ``slow_run_seconds`` (the model is too slow for bigger batches to be interesting)."""
+    points: list[BatchPoint] = []
+    for b in sizes:
+        if b > max_batch:
+            break
+        p = measure(model, b, seconds_per_size)
+        points.append(p)
+        if on_point:
+            on_point(p)
+        best = max(q.images_per_s for q in points)
+        if b >= 8 and p.images_per_s < KNEE_FRACTION * best and points[-2].images_per_s < best:
+            break
+        if p.p50_ms / 1000 > slow_run_seconds:
+            break
+    return points
+
+
+def knee(points: list[BatchPoint], fraction: float = KNEE_FRACTION) -> BatchPoint:
+    """The smallest batch size whose images/s reaches ``fraction`` of the best measured."""
+    best = max(p.images_per_s for p in points)
+    return next(p for p in points if p.images_per_s >= fraction * best)
+
+
+def warmup_batch_sizes(version_dir: str | os.PathLike) -> list[int]:
+    """Batch sizes of the version's warmup records (the server runs them through the batcher at
+    load, so ``max_batch_size`` must admit the largest or TF Serving fails the load)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from builder.core import artifact
+
+    path = Path(version_dir) / artifact.WARMUP_FILE
+    if not path.is_file():
+        return []
+    sizes = set()
+    for record in artifact.iter_tfrecords(path):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record)
+        if log.WhichOneof("log_type") != "predict_log":
+            continue
+        dims = [t.tensor_shape.dim[0].size for t in log.predict_log.request.inputs.values() if t.tensor_shape.dim]
+        if dims:
+            sizes.add(max(dims))
+    return sorted(sizes)

@@ -1,0 +1,358 @@
+"""``python -m builder tune``: measured batching parameters for a latency budget.
+
+Why: TF Serving ships no tool to choose ``max_batch_size``, ``batch_timeout_micros``,
+``num_batch_threads``, ``max_enqueued_batches`` and ``allowed_batch_sizes``; guessed values either
+waste the CPU (no merging) or blow the tail latency (huge padded batches). ``tune`` measures:
+
+1. the model's latency per batch size in this process (``profile``);
+2. the local server, which batches with TF Serving's semantics, under closed-loop concurrent gRPC
+   clients on loopback, for a handful of parameter sets derived from (1) (``plan``) and without
+   batching. One server is loaded once and its scheduler reconfigured between sets (what a restart
+   with another file would do, minus the reload); the clients run in a child process so they do
+   not share the server's GIL;
+3. picks the set with the highest throughput whose p99 stays within the budget, and writes it
+   with a header, plus a JSON report and a plot, into ``REPO/.tune/NAME/`` (hidden: neither
+   ``config`` nor TF Serving take it for a model), where ``config`` finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from builder.core.errors import InputError, UnavailableError
+
+TUNE_DIR = ".tune"
+DEFAULT_CONCURRENCY = (1, 4, 16, 64)
+DEFAULT_SECONDS = 3.0
+PROFILE_SECONDS_PER_SIZE = 1.0
+MAX_PROFILE_BATCH = 64
+SHOWN_CANDIDATES = 3
+
+
+def _local_server_class() -> type:
+    """LocalServer, wherever the serve package keeps it (builder.serve.server is being split)."""
+    try:
+        from builder.serve.local import LocalServer  # type: ignore[import-not-found]
+    except ImportError:
+        from builder.serve.server import LocalServer
+    return LocalServer
+
+
+class Progress:
+    """Timestamped progress lines on stderr (stdout stays for the final summary)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.t0 = time.monotonic()
+        self.quiet = quiet
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+
+@dataclass
+class TuneRequest:
+    repo: Path
+    name: str
+    version: int
+    version_dir: Path
+    concurrency: tuple[int, ...]
+    seconds: float
+    p99_ms: float | None
+    out_dir: Path
+    signature: str
+    command: str
+
+
+def resolve(repo: str, name: str, version: Any, concurrency: Any, seconds: Any, p99_ms: Any, out: str,
+            signature: str, command: str) -> TuneRequest:
+    """Flags -> a checked request; every mistake is one InputError naming the flag."""
+    from builder.core import artifact
+    from builder.core.layout import list_versions, parse_version
+    from builder.options import as_int_list
+
+    if not repo or not name:
+        raise InputError("--repo and --name are required: the model repository and the model to tune")
+    model_dir = Path(repo) / str(name)
+    versions = list_versions(model_dir)
+    if not versions:
+        raise InputError(f"{model_dir}: no numeric version directories: export the model first")
+    v = parse_version(version)
+    v = versions[-1] if v is None else v
+    if v not in versions:
+        raise InputError(f"--version {version}: not a version of {model_dir} (has {versions})")
+    vdir = model_dir / str(v)
+    info = artifact.read_build_info(vdir) or {}
+    if info.get("optimizer") == "tftrt":
+        raise UnavailableError(f"{vdir}: a TF-TRT artefact runs on a GPU; tune measures on this CPU: "
+                               "tune on the GPU host or tune the CPU export")
+    levels = tuple(as_int_list(concurrency, "--concurrency")) or DEFAULT_CONCURRENCY
+    try:
+        secs = float(seconds)
+        budget = None if p99_ms in (None, "") else float(p99_ms)
+    except (TypeError, ValueError):
+        raise InputError(f"--seconds {seconds} / --p99_ms {p99_ms}: must be numbers, e.g. --seconds 3") from None
+    if secs <= 0 or (budget is not None and budget <= 0):
+        raise InputError("--seconds and --p99_ms must be positive")
+    out_dir = Path(out) if out else Path(repo) / TUNE_DIR / str(name)
+    return TuneRequest(Path(repo), str(name), v, vdir, levels, secs, budget, out_dir, signature or "serving_default",
+                       command)
+
+
+def _models_config(req: TuneRequest, workdir: Path) -> Path:
+    text = ("model_config_list { config { "
+            f"name: {json.dumps(req.name)} base_path: {json.dumps(str(req.version_dir.parent.resolve()))} "
+            'model_platform: "tensorflow" '
+            f"model_version_policy {{ specific {{ versions: {req.version} }} }} }} }}\n")
+    p = workdir / "models.config"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def _measure(server: Any, request: bytes, req: TuneRequest, cand: Any, workdir: Path, say: Callable) -> None:
+    """One parameter set (or no batching) at every concurrency level."""
+    from builder.tune.load import run_levels_in_child
+
+    batcher = getattr(server, "batcher", None)
+
+    def before(_c: int) -> None:
+        if batcher is not None:
+            batcher.take_stats()
+
+    def after(r: Any) -> None:
+        stats = batcher.take_stats().as_dict() if batcher is not None else {}
+        cand.batch_stats.append(stats)
+        extra = f", mean batch {stats['mean_batch_size']:g}" if stats else ""
+        errs = f", {r.error_count} errors {r.errors}" if r.error_count else ""
+        say(f"  {r.concurrency:3d} clients: {r.rps:7.1f} requests/s  p50 {r.p50_ms:7.1f} ms  "
+            f"p99 {r.p99_ms:7.1f} ms{extra}{errs}  (load {r.load_avg[0] if r.load_avg else '?'})")
+
+    cand.results = run_levels_in_child(server.grpc_target, request, req.concurrency, req.seconds,
+                                       workdir=workdir, on_result=after, before_level=before)
+
+
+def run_servers(req: TuneRequest, request: bytes, cands: list, baseline: Any, say: Callable) -> None:
+    """Measure no batching, then every candidate on one batching server (reconfigured in place)."""
+    from builder.tune.report import BATCHING_FILE, options_text
+
+    LocalServer = _local_server_class()  # noqa: N806 - a class
+    threads = max(req.concurrency) + 8  # every client must reach the batcher, not wait for a gRPC thread
+    with tempfile.TemporaryDirectory(prefix="tfs-tune-") as tmp:
+        work = Path(tmp)
+        cfg = _models_config(req, work)
+        say("server without batching: loading")
+        with LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads,
+                         enable_model_warmup=False) as plain:
+            plain.wait_until_ready(300)
+            say(f"{baseline.label}:")
+            _measure(plain, request, req, baseline, work, say)
+        first = work / BATCHING_FILE
+        first.write_text(options_text(cands[0].options), encoding="utf-8")
+        say("server with batching: loading (warmup records run through the batcher, as in TF Serving)")
+        with LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads, enable_batching=True,
+                         batching_parameters_file=first) as server:
+            server.wait_until_ready(300)
+            for i, c in enumerate(cands):
+                if i:
+                    server.batcher.reconfigure(c.options)
+                say(f"[{i + 1}/{len(cands)}] {c.label}:")
+                _measure(server, request, req, c, work, say)
+
+
+def tune(req: TuneRequest, say: Progress) -> dict:
+    """Measure, choose, write. Returns the report (also written as JSON)."""
+    from builder.tune import plan, profile, system
+    from builder.tune.plan import Candidate
+
+    cpu, load_start = system.cpu_info(), system.load_average()
+    say(f"tune {req.name} version {req.version} on {cpu.summary()}; load average {load_start[0]}")
+    model = profile.load_model(req.version_dir, req.signature)
+    try:
+        request = model.request(req.name)
+        say("in-process latency per batch size:")
+        points = profile.profile(model, min(MAX_PROFILE_BATCH, max(max(req.concurrency), 2)),
+                                 PROFILE_SECONDS_PER_SIZE, on_point=lambda p: say(
+                                     f"  batch {p.batch_size:3d}: {p.p50_ms:8.1f} ms  {p.images_per_s:7.1f} "
+                                     f"images/s  ({p.runs} runs, load {p.load_avg[0]})"))
+    finally:
+        model.close()
+    if req.p99_ms is not None:
+        budget, source, rule = req.p99_ms, "given", "--p99_ms"
+    else:
+        (budget, rule), source = plan.default_budget(points), "default"
+    say(f"p99 budget {budget:g} ms ({'given' if source == 'given' else 'default: ' + rule})")
+    warm = profile.warmup_batch_sizes(req.version_dir)
+    cands = plan.candidates(points, warm, max(req.concurrency), cpu.cores, budget)
+    baseline = Candidate("no batching", None)
+    say(f"{len(cands)} parameter sets + no batching; {','.join(map(str, req.concurrency))} clients, "
+        f"{req.seconds:g} s each")
+    run_servers(req, request, cands, baseline, say)
+    chosen, met = plan.choose(cands, budget)
+    report = build_report(req, cpu, load_start, points, budget, source, rule, warm, cands, baseline, chosen, met)
+    base_best, chosen_best = baseline.best(budget), chosen.best(budget)
+    report["no_batching_better"] = bool(base_best and (not chosen_best or base_best.rps > chosen_best.rps))
+    write_outputs(req, report, cands, baseline, chosen, met)
+    report["duration_s"] = round(say.elapsed, 1)
+    _write_json(req.out_dir / "tune_report.json", report)
+    return report
+
+
+def build_report(req: TuneRequest, cpu: Any, load_start: tuple, points: list, budget: float, source: str,
+                 rule: str, warm: list[int], cands: list, baseline: Any, chosen: Any, met: bool) -> dict:
+    import tensorflow as tf
+
+    from builder.tune import system
+    from builder.tune.profile import knee
+
+    inproc = {p.batch_size: p.images_per_s for p in points}
+    chosen_exec = chosen.options.execution_limit
+    comparison = []
+    for r in chosen.results:
+        base = baseline.at(r.concurrency)
+        comparison.append({
+            "concurrency": r.concurrency, "batching_rps": r.rps, "no_batching_rps": base.rps if base else None,
+            "speedup": round(r.rps / base.rps, 2) if base and base.rps else None,
+            "batching_p99_ms": r.p99_ms, "no_batching_p99_ms": base.p99_ms if base else None,
+            "fraction_of_in_process": round(r.rps / inproc[chosen_exec], 3) if chosen_exec in inproc else None,
+        })
+    return {
+        "tool": "tfs-builder tune", "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": req.command,
+        "model": {"repo": str(req.repo.resolve()), "name": req.name, "version": req.version,
+                  "path": str(req.version_dir.resolve()), "signature": req.signature},
+        "machine": {"cpu": cpu.as_dict(), "cpu_summary": cpu.summary(), "tensorflow": tf.__version__,
+                    "load_avg_start": list(load_start), "load_avg_end": list(system.load_average())},
+        "concurrency": list(req.concurrency), "seconds": req.seconds,
+        "in_process": [p.as_dict() for p in points], "knee_batch_size": knee(points).batch_size,
+        "budget": {"p99_ms": budget, "source": source, "rule": rule},
+        "warmup_batch_sizes": warm,
+        "unwarmed_allowed_sizes": [b for b in chosen.options.allowed_batch_sizes if warm and b not in warm],
+        "baseline": _cand_dict(baseline, budget),
+        "candidates": [_cand_dict(c, budget) for c in cands],
+        "chosen": {"label": chosen.label, "met_budget": met, "execution_batch_size": chosen_exec,
+                   "in_process_images_per_s_at_execution_size": inproc.get(chosen_exec)},
+        "comparison": comparison,
+    }
+
+
+def _cand_dict(c: Any, budget: float) -> dict:
+    from builder.tune.report import options_text
+
+    best = c.best(budget)
+    return {"label": c.label, "options": options_text(c.options) if c.options else None,
+            "results": [r.as_dict() for r in c.results], "batch_stats": c.batch_stats,
+            "best_within_budget": best.as_dict() if best else None}
+
+
+def write_outputs(req: TuneRequest, report: dict, cands: list, baseline: Any, chosen: Any, met: bool) -> None:
+    """batching_parameters.txt, the plot (the JSON follows in ``tune``), each written atomically."""
+    from builder.core.layout import atomic_write_text
+    from builder.tune import report as rep
+
+    req.out_dir.mkdir(parents=True, exist_ok=True)
+    text = rep.batching_file_text(rep.header(report, chosen, baseline, met), chosen.options)
+    ranked = sorted(cands, key=lambda c: -(c.best(report["budget"]["p99_ms"]).rps
+                                           if c.best(report["budget"]["p99_ms"]) else 0.0))
+    shown = [chosen] + [c for c in ranked if c is not chosen][: SHOWN_CANDIDATES - 1]
+    plot = rep.write_plot(req.out_dir / rep.PLOT_FILE, report, shown, baseline, chosen)
+    atomic_write_text(req.out_dir / rep.BATCHING_FILE, text)
+    report["files"] = {"batching_parameters": str(req.out_dir / rep.BATCHING_FILE),
+                       "report": str(req.out_dir / rep.REPORT_FILE), "plot": str(plot)}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from builder.core.layout import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The table printed at the end (stdout)."""
+    lines = [f"p99 budget {report['budget']['p99_ms']:g} ms; chosen: {report['chosen']['label']}"
+             + ("" if report["chosen"]["met_budget"] else " (NO set met the budget)")]
+    lines.append(f"{'clients':>7} {'batching req/s':>15} {'p99 ms':>8} {'no batching req/s':>18} {'p99 ms':>8} "
+                 f"{'speedup':>7} {'of in-process':>13}")
+    for c in report["comparison"]:
+        frac = f"{c['fraction_of_in_process']:.0%}" if c["fraction_of_in_process"] is not None else "-"
+        lines.append(f"{c['concurrency']:>7} {c['batching_rps']:>15g} {c['batching_p99_ms']:>8g} "
+                     f"{c['no_batching_rps'] or 0:>18g} {c['no_batching_p99_ms'] or 0:>8g} "
+                     f"{c['speedup'] or 0:>7g} {frac:>13}")
+    for k, v in report["files"].items():
+        lines.append(f"wrote {v}" + ("" if k != "batching_parameters" else
+                                      " (`python -m builder config` uses it; or pass it to "
+                                      "--batching_parameters_file with --enable_batching)"))
+    lines.append(f"tune took {report['duration_s']:g} s")
+    return lines
+
+
+def tune_command(repo: str = "", name: str = "", version: Any = None, p99_ms: Any = None,
+                 concurrency: Any = ",".join(map(str, DEFAULT_CONCURRENCY)), seconds: float = DEFAULT_SECONDS,
+                 out: str = "", signature: str = "serving_default", quiet: bool = False) -> None:
+    """Measure batching parameters for a latency budget and write batching_parameters.txt.
+
+    Measures the model's latency per batch size in-process, then the local server (which batches
+    as tensorflow_model_server --enable_batching does) under closed-loop concurrent gRPC clients on
+    loopback for a few parameter sets and without batching; writes the set with the highest
+    requests/s whose p99 stays within the budget, with a header naming the CPU, what was measured
+    and this command, plus tune_report.json and tune_plot.png. `config` then uses the file.
+
+    Example: python -m builder tune --repo model_repo --name facenet
+
+    Args:
+      repo: Model repository (REPO/NAME/VERSION).
+      name: Model to tune.
+      version: Version to measure (default: the latest).
+      p99_ms: p99 latency budget in milliseconds. Default: 4 x the in-process latency of the knee
+        batch size (the smallest batch reaching 90% of the best images/s) - a batched request waits
+        for the batch in flight and its own, with as much again for queueing variance.
+      concurrency: Comma list of concurrent clients (each sends one row, closed loop).
+      seconds: Measuring time per concurrency level and parameter set (after 0.5 s of warm-up).
+      out: Output directory (default REPO/.tune/NAME, where `config` looks for it).
+      signature: Signature to send requests to.
+      quiet: No progress lines.
+    """
+    req = resolve(repo, name, version, concurrency, seconds, p99_ms, out, signature, "")
+    args = [f"--repo {repo}", f"--name {name}", f"--version {req.version}"]
+    args += [f"--p99_ms {req.p99_ms:g}"] if req.p99_ms is not None else []
+    if req.concurrency != DEFAULT_CONCURRENCY:
+        args.append(f"--concurrency {','.join(map(str, req.concurrency))}")
+    if req.seconds != DEFAULT_SECONDS:
+        args.append(f"--seconds {req.seconds:g}")
+    if out:
+        args.append(f"--out {out}")
+    req.command = "python -m builder tune " + " ".join(args)
+    report = tune(req, Progress(quiet))
+    for line in summary_lines(report):
+        print(line)
+    if not report["chosen"]["met_budget"]:
+        print("warning: no parameter set met the p99 budget; the file holds the closest one "
+              "(raise --p99_ms or lower --concurrency)", file=sys.stderr)
+    if report["no_batching_better"]:
+        print("note: without batching the server served more requests/s within the budget than any "
+              "batching set measured: for this model and load, consider leaving --enable_batching off",
+              file=sys.stderr)
+
+
+def tuned_dir(repo: str | Path, name: str) -> Path:
+    return Path(repo) / TUNE_DIR / name
+
+
+def copy_plot(report: dict, dest: str | Path) -> Path:
+    """Copy the plot (e.g. into docs/benchmarks/) and return the new path."""
+    d = Path(dest)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(report["files"]["plot"], d)
+    return d
