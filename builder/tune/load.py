@@ -83,51 +83,66 @@ def summarize(concurrency: int, seconds: float, latencies: list[float], errors: 
 
 
 def closed_loop(target: str, request: bytes, concurrency: int, seconds: float,
-                warmup_seconds: float = DEFAULT_WARMUP_SECONDS, timeout: float = 60.0,
-                method: str = PREDICT_METHOD) -> LoadResult:
+                warmup_seconds: float = DEFAULT_WARMUP_SECONDS, timeout: float = 120.0,
+                method: str = PREDICT_METHOD, max_warmup_seconds: float = 60.0) -> LoadResult:
     """``concurrency`` threads, one channel each (as separate client processes would have), send
-    ``request`` back to back; answers completed inside [warmup, warmup + seconds] are counted."""
+    ``request`` back to back.
+
+    Steady state only: the window opens once every client has had an answer (so each has gone
+    round the loop once and the queue holds its steady share) and ``warmup_seconds`` have passed;
+    it closes ``seconds`` later. Requests answered inside the window are counted, whenever they
+    started; the clients then stop and the ones still in flight are waited for (not counted), so
+    the next measurement starts on an idle server."""
     import grpc
 
     start = time.monotonic()
-    t_open, t_close = start + warmup_seconds, start + warmup_seconds + seconds
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors: Counter = Counter()
+    answered = threading.Semaphore(0)
+    stop = threading.Event()
+    records: list[list[tuple[float, float, str]]] = [[] for _ in range(concurrency)]
     options = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1)]
 
-    def client() -> None:
+    def client(mine: list[tuple[float, float, str]]) -> None:
         with grpc.insecure_channel(target, options=options) as ch:
             call = ch.unary_unary(method)  # raw bytes in and out
-            mine: list[float] = []
-            bad: Counter = Counter()
-            while True:
+            first = True
+            while not stop.is_set():
                 t0 = time.monotonic()
-                if t0 >= t_close:
-                    break
                 try:
                     call(request, timeout=timeout)
                     code = "OK"
                 except grpc.RpcError as e:
                     code = e.code().name
                 t1 = time.monotonic()
-                if t0 >= t_open and t1 <= t_close:
-                    if code == "OK":
-                        mine.append(t1 - t0)
-                    else:
-                        bad[code] += 1
-                if code != "OK" and code != "UNAVAILABLE":
-                    time.sleep(0.001)  # no busy loop on a broken server
-            with lock:
-                latencies.extend(mine)
-                errors.update(bad)
+                mine.append((t1, t1 - t0, code))
+                if first:
+                    first = False
+                    answered.release()
+                if code != "OK":
+                    time.sleep(0.001)  # refused at once: do not spin
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(records[i],), daemon=True) for i in range(concurrency)]
     for t in threads:
         t.start()
+    warm_end = start + max_warmup_seconds
+    for _ in range(concurrency):
+        if not answered.acquire(timeout=max(warm_end - time.monotonic(), 0.0)):
+            break
+    time.sleep(max(start + warmup_seconds - time.monotonic(), 0.0))
+    t_open = time.monotonic()
+    time.sleep(seconds)
+    t_close = time.monotonic()
+    stop.set()
     for t in threads:
-        t.join(timeout=warmup_seconds + seconds + timeout + 5)
-    return summarize(concurrency, seconds, latencies, errors)
+        t.join(timeout=timeout + 5)
+    latencies, errors = [], Counter()
+    for mine in records:
+        for t1, lat, code in mine:
+            if t_open <= t1 <= t_close:
+                if code == "OK":
+                    latencies.append(lat)
+                else:
+                    errors[code] += 1
+    return summarize(concurrency, t_close - t_open, latencies, errors)
 
 
 def run_levels(target: str, request: bytes, levels: Iterable[int], seconds: float,
@@ -146,10 +161,12 @@ def run_levels(target: str, request: bytes, levels: Iterable[int], seconds: floa
 def run_levels_in_child(target: str, request: bytes, levels: Iterable[int], seconds: float,
                         warmup_seconds: float = DEFAULT_WARMUP_SECONDS, workdir: str | os.PathLike = ".",
                         on_result: Callable[[LoadResult], None] | None = None,
-                        before_level: Callable[[int], None] | None = None) -> list[LoadResult]:
+                        before_level: Callable[[int], None] | None = None,
+                        keep_going: Callable[[LoadResult], bool] | None = None) -> list[LoadResult]:
     """``run_levels`` in a child process (``python -m builder.tune.load --step``), so the clients
     do not share the GIL with an in-process server. The child starts each level only when told,
-    so ``before_level`` can reset server-side counters between levels."""
+    so ``before_level`` can reset server-side counters between levels; ``keep_going`` returning
+    False ends the run after that level."""
     tag = f"{os.getpid()}-{threading.get_ident()}"
     req_file = Path(workdir) / f"request-{tag}.bin"
     err_file = Path(workdir) / f"load-{tag}.err"
@@ -180,15 +197,28 @@ def run_levels_in_child(target: str, request: bytes, levels: Iterable[int], seco
                 out.append(r)
                 if on_result:
                     on_result(r)
+                if keep_going is not None and not keep_going(r):
+                    break
             proc.stdin.close()
             code = proc.wait(timeout=30)
-        if code != 0 or len(out) != len(levels):
+        if code != 0 or (keep_going is None and len(out) != len(levels)):
             tail = err_file.read_text(errors="replace").strip()[-2000:]
             raise RuntimeError(f"load generator exited {code} after {len(out)} of {len(levels)} levels: {tail}")
     finally:
         req_file.unlink(missing_ok=True)
         err_file.unlink(missing_ok=True)
     return out
+
+
+def prime(target: str, request: bytes, n: int = 2, timeout: float = 300.0) -> None:
+    """Send ``n`` requests one after the other and wait for the answers: the first run of a new
+    input shape in a fresh session is slow and must not land in a measurement."""
+    import grpc
+
+    with grpc.insecure_channel(target) as ch:
+        call = ch.unary_unary(PREDICT_METHOD)
+        for _ in range(n):
+            call(request, timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,8 +41,12 @@ class Candidate:
 
     label: str
     options: BatchingOptions | None  # None: the server without batching
-    results: list[LoadResult] = field(default_factory=list)
-    batch_stats: list[dict] = field(default_factory=list)  # scheduler statistics per level
+    results: list[LoadResult] = field(default_factory=list)  # ascending concurrency
+    batch_stats: dict[int, dict] = field(default_factory=dict)  # concurrency -> scheduler statistics
+    stopped_at: int | None = None  # measuring stopped after this level: p99 already over budget
+
+    def add(self, results: list[LoadResult]) -> None:
+        self.results = sorted([*self.results, *results], key=lambda r: r.concurrency)
 
     def best(self, budget_ms: float) -> LoadResult | None:
         """The highest-throughput level within budget with no failed request (None if none)."""
@@ -103,12 +107,9 @@ def candidates(points: list[BatchPoint], warm_sizes: list[int], max_concurrency:
     timeout = int(min(MAX_TIMEOUT_US, max(MIN_TIMEOUT_US, lat[min(lat)] * 1000 / 2)))
     threads = sorted({1, max(1, cores)})
     specs: list[tuple[int, int, int]] = [(top, threads[-1], 0)]  # TF Serving's CPU starting point
-    for i, b in enumerate(sizes):
+    for b in sizes:
         for t in threads:
-            if t == 1 or i == 0:  # greedy (timeout 0) for every size; several threads at the knee
-                specs.append((b, t, 0))
-            if t > 1:
-                specs.append((b, t, timeout))
+            specs.append((b, t, 0 if t == 1 else timeout))  # greedy with one thread, else a short wait
     out, seen = [], set()
     for b, t, to in specs:
         if (b, t, to) in seen:
@@ -129,6 +130,16 @@ def _latency_at(lat: dict[int, float], b: int) -> float:
     if hi == lo:
         return lat[lo] * b / lo
     return lat[lo] + (lat[hi] - lat[lo]) * (b - lo) / (hi - lo)
+
+
+def ranked(cands: list[Candidate], budget_ms: float) -> list[Candidate]:
+    """Best first: by throughput within budget, then (for sets that never met it) by lowest p99."""
+    def key(c: Candidate) -> tuple:
+        best = c.best(budget_ms)
+        lowest = min((r.p99_ms for r in c.results if r.requests), default=math.inf)
+        return (0, -best.rps, best.p99_ms) if best else (1, lowest, 0.0)
+
+    return sorted(cands, key=key)
 
 
 def choose(cands: list[Candidate], budget_ms: float) -> tuple[Candidate, bool]:

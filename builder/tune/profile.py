@@ -108,42 +108,53 @@ def load_model(version_dir: str | os.PathLike, signature_key: str = "serving_def
     return LoadedModel(sess, signature_key, sig, sample)
 
 
-def measure(model: LoadedModel, batch_size: int, seconds: float, min_runs: int = 2) -> BatchPoint:
-    """Median latency of ``model`` at one batch size: one untimed run (a new shape), then runs
-    until ``seconds`` have passed and at least ``min_runs`` were timed."""
-    feed, fetches = model.feed(batch_size), model.fetches()
+def _timed(model: LoadedModel, feed: dict, fetches: list[str]) -> float:
+    t0 = time.perf_counter()
     model.session.run(fetches, feed_dict=feed)
-    times: list[float] = []
-    end = time.monotonic() + seconds
-    while len(times) < min_runs or time.monotonic() < end:
-        t0 = time.perf_counter()
-        model.session.run(fetches, feed_dict=feed)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    med = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
-    return BatchPoint(batch_size, len(times), round(med * 1000, 2), round(times[0] * 1000, 2),
-                      round(batch_size / med, 2), tuple(round(v, 2) for v in os.getloadavg()))
+    return time.perf_counter() - t0
 
 
-def profile(model: LoadedModel, max_batch: int, seconds_per_size: float = 1.0,
-            on_point: Callable[[BatchPoint], None] | None = None,
-            sizes: Iterable[int] = LADDER, slow_run_seconds: float = 2.0) -> list[BatchPoint]:
-    """Latency per batch size up the ladder to ``max_batch``. Stops early once throughput has
-    fallen below the knee fraction of the best seen (past the peak), or when one run takes more
-    than ``slow_run_seconds`` (the model is too slow for bigger batches to be interesting)."""
-    points: list[BatchPoint] = []
-    for b in sizes:
-        if b > max_batch:
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def profile(model: LoadedModel, max_batch: int, seconds: float = 8.0,
+            on_point: Callable[[BatchPoint], None] | None = None, sizes: Iterable[int] = LADDER,
+            min_rounds: int = 3) -> list[BatchPoint]:
+    """Median latency per batch size up the ladder to ``max_batch``, sizes interleaved.
+
+    Each size first runs once untimed (a new input shape). Then rounds run every size once, until
+    ``seconds`` have passed and at least ``min_rounds`` rounds were done: on a shared CPU a burst
+    of load hits every size alike instead of whichever was being measured. Sizes are dropped
+    from the top while one round would take longer than ``seconds / min_rounds`` (the model is too
+    slow there for bigger batches to be worth measuring)."""
+    fetches = model.fetches()
+    feeds: dict[int, dict] = {}
+    first: dict[int, float] = {}
+    for b in (b for b in sizes if b <= max_batch):
+        feeds[b] = model.feed(b)
+        first[b] = _timed(model, feeds[b], fetches)
+        if sum(first.values()) > seconds / min_rounds and len(first) > 2:
             break
-        p = measure(model, b, seconds_per_size)
+    while len(first) > 2 and sum(first.values()) > seconds / min_rounds:
+        first.pop(max(first))
+    times: dict[int, list[float]] = {b: [] for b in sorted(first)}
+    end = time.monotonic() + seconds
+    rounds = 0
+    while rounds < min_rounds or time.monotonic() < end:
+        for b in times:
+            times[b].append(_timed(model, feeds[b], fetches))
+        rounds += 1
+    load = tuple(round(v, 2) for v in os.getloadavg())
+    points = []
+    for b, ts in times.items():
+        med = _median(ts)
+        p = BatchPoint(b, len(ts), round(med * 1000, 2), round(min(ts) * 1000, 2), round(b / med, 2), load)
         points.append(p)
         if on_point:
             on_point(p)
-        best = max(q.images_per_s for q in points)
-        if b >= 8 and p.images_per_s < KNEE_FRACTION * best and points[-2].images_per_s < best:
-            break
-        if p.p50_ms / 1000 > slow_run_seconds:
-            break
     return points
 
 

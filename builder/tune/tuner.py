@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from builder.config.companions import TUNE_DIR
 from builder.core.errors import InputError, UnavailableError
 
-TUNE_DIR = ".tune"
 DEFAULT_CONCURRENCY = (1, 4, 16, 64)
 DEFAULT_SECONDS = 3.0
-PROFILE_SECONDS_PER_SIZE = 1.0
+PROFILE_SECONDS = 8.0  # interleaved rounds over all batch sizes
 MAX_PROFILE_BATCH = 64
 SHOWN_CANDIDATES = 3
 
@@ -122,8 +122,10 @@ def _models_config(req: TuneRequest, workdir: Path) -> Path:
     return p
 
 
-def _measure(server: Any, request: bytes, req: TuneRequest, cand: Any, workdir: Path, say: Callable) -> None:
-    """One parameter set (or no batching) at every concurrency level."""
+def _measure(server: Any, request: bytes, req: TuneRequest, cand: Any, levels: list[int], workdir: Path,
+             say: Callable, budget: float | None = None) -> None:
+    """One parameter set (or no batching) at ``levels``; with ``budget``, stop after the first
+    level (not the lowest) whose p99 exceeds it: in a closed loop more clients only add latency."""
     from builder.tune.load import run_levels_in_child
 
     batcher = getattr(server, "batcher", None)
@@ -134,22 +136,35 @@ def _measure(server: Any, request: bytes, req: TuneRequest, cand: Any, workdir: 
 
     def after(r: Any) -> None:
         stats = batcher.take_stats().as_dict() if batcher is not None else {}
-        cand.batch_stats.append(stats)
+        cand.batch_stats[r.concurrency] = stats
         extra = f", mean batch {stats['mean_batch_size']:g}" if stats else ""
         errs = f", {r.error_count} errors {r.errors}" if r.error_count else ""
         say(f"  {r.concurrency:3d} clients: {r.rps:7.1f} requests/s  p50 {r.p50_ms:7.1f} ms  "
             f"p99 {r.p99_ms:7.1f} ms{extra}{errs}  (load {r.load_avg[0] if r.load_avg else '?'})")
 
-    cand.results = run_levels_in_child(server.grpc_target, request, req.concurrency, req.seconds,
-                                       workdir=workdir, on_result=after, before_level=before)
+    def keep_going(r: Any) -> bool:
+        if budget is None or r.concurrency == min(levels) or r.p99_ms <= budget:
+            return True
+        cand.stopped_at = r.concurrency
+        say(f"  p99 over the {budget:g} ms budget: higher concurrency skipped")
+        return False
+
+    cand.add(run_levels_in_child(server.grpc_target, request, levels, req.seconds, workdir=workdir,
+                                 on_result=after, before_level=before,
+                                 keep_going=keep_going if budget is not None else None))
 
 
-def run_servers(req: TuneRequest, request: bytes, cands: list, baseline: Any, say: Callable) -> None:
-    """Measure no batching, then every candidate on one batching server (reconfigured in place)."""
+def run_servers(req: TuneRequest, request: bytes, cands: list, baseline: Any, budget: float,
+                say: Callable) -> None:
+    """Measure no batching, then every candidate on one batching server (reconfigured in place),
+    then fill in the levels skipped for the best few so their whole curves can be shown."""
+    from builder.tune import plan
+    from builder.tune.load import prime
     from builder.tune.report import BATCHING_FILE, options_text
 
     LocalServer = _local_server_class()  # noqa: N806 - a class
     threads = max(req.concurrency) + 8  # every client must reach the batcher, not wait for a gRPC thread
+    levels = list(req.concurrency)
     with tempfile.TemporaryDirectory(prefix="tfs-tune-") as tmp:
         work = Path(tmp)
         cfg = _models_config(req, work)
@@ -157,19 +172,27 @@ def run_servers(req: TuneRequest, request: bytes, cands: list, baseline: Any, sa
         with LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads,
                          enable_model_warmup=False) as plain:
             plain.wait_until_ready(300)
+            prime(plain.grpc_target, request)
             say(f"{baseline.label}:")
-            _measure(plain, request, req, baseline, work, say)
+            _measure(plain, request, req, baseline, levels, work, say)
         first = work / BATCHING_FILE
         first.write_text(options_text(cands[0].options), encoding="utf-8")
         say("server with batching: loading (warmup records run through the batcher, as in TF Serving)")
         with LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads, enable_batching=True,
                          batching_parameters_file=first) as server:
             server.wait_until_ready(300)
+            prime(server.grpc_target, request)
             for i, c in enumerate(cands):
                 if i:
                     server.batcher.reconfigure(c.options)
                 say(f"[{i + 1}/{len(cands)}] {c.label}:")
-                _measure(server, request, req, c, work, say)
+                _measure(server, request, req, c, levels, work, say, budget)
+            for c in plan.ranked(cands, budget)[:SHOWN_CANDIDATES]:
+                missing = [lv for lv in levels if c.at(lv) is None]
+                if missing:
+                    server.batcher.reconfigure(c.options)
+                    say(f"{c.label}: the levels skipped, for the plot:")
+                    _measure(server, request, req, c, missing, work, say)
 
 
 def tune(req: TuneRequest, say: Progress) -> dict:
@@ -182,9 +205,9 @@ def tune(req: TuneRequest, say: Progress) -> dict:
     model = profile.load_model(req.version_dir, req.signature)
     try:
         request = model.request(req.name)
-        say("in-process latency per batch size:")
+        say(f"in-process latency per batch size (interleaved rounds, {PROFILE_SECONDS:g} s):")
         points = profile.profile(model, min(MAX_PROFILE_BATCH, max(max(req.concurrency), 2)),
-                                 PROFILE_SECONDS_PER_SIZE, on_point=lambda p: say(
+                                 PROFILE_SECONDS, on_point=lambda p: say(
                                      f"  batch {p.batch_size:3d}: {p.p50_ms:8.1f} ms  {p.images_per_s:7.1f} "
                                      f"images/s  ({p.runs} runs, load {p.load_avg[0]})"))
     finally:
@@ -199,7 +222,7 @@ def tune(req: TuneRequest, say: Progress) -> dict:
     baseline = Candidate("no batching", None)
     say(f"{len(cands)} parameter sets + no batching; {','.join(map(str, req.concurrency))} clients, "
         f"{req.seconds:g} s each")
-    run_servers(req, request, cands, baseline, say)
+    run_servers(req, request, cands, baseline, budget, say)
     chosen, met = plan.choose(cands, budget)
     report = build_report(req, cpu, load_start, points, budget, source, rule, warm, cands, baseline, chosen, met)
     base_best, chosen_best = baseline.best(budget), chosen.best(budget)
@@ -253,20 +276,21 @@ def _cand_dict(c: Any, budget: float) -> dict:
 
     best = c.best(budget)
     return {"label": c.label, "options": options_text(c.options) if c.options else None,
-            "results": [r.as_dict() for r in c.results], "batch_stats": c.batch_stats,
+            "results": [{**r.as_dict(), "batching": c.batch_stats.get(r.concurrency) or None} for r in c.results],
+            "stopped_over_budget_at": c.stopped_at,
             "best_within_budget": best.as_dict() if best else None}
 
 
 def write_outputs(req: TuneRequest, report: dict, cands: list, baseline: Any, chosen: Any, met: bool) -> None:
     """batching_parameters.txt, the plot (the JSON follows in ``tune``), each written atomically."""
     from builder.core.layout import atomic_write_text
+    from builder.tune import plan
     from builder.tune import report as rep
 
     req.out_dir.mkdir(parents=True, exist_ok=True)
     text = rep.batching_file_text(rep.header(report, chosen, baseline, met), chosen.options)
-    ranked = sorted(cands, key=lambda c: -(c.best(report["budget"]["p99_ms"]).rps
-                                           if c.best(report["budget"]["p99_ms"]) else 0.0))
-    shown = [chosen] + [c for c in ranked if c is not chosen][: SHOWN_CANDIDATES - 1]
+    shown = [chosen] + [c for c in plan.ranked(cands, report["budget"]["p99_ms"]) if c is not chosen]
+    shown = shown[:SHOWN_CANDIDATES]
     plot = rep.write_plot(req.out_dir / rep.PLOT_FILE, report, shown, baseline, chosen)
     atomic_write_text(req.out_dir / rep.BATCHING_FILE, text)
     report["files"] = {"batching_parameters": str(req.out_dir / rep.BATCHING_FILE),
