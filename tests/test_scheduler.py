@@ -536,3 +536,20 @@ def _wait_for(cond, timeout: float = 20.0) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not reached")
         time.sleep(0.005)
+
+
+def test_reconfigure_drains_then_applies_new_options(toy):
+    s = scheduler(max_batch_size=2, batch_timeout_micros=10_000_000)
+    toy.runs.clear()
+    xs = [sample_inputs(1, seed=i) for i in range(4)]
+    try:
+        concurrently(predict_toy(s, toy), xs[:2])  # a full batch of 2
+        assert s.take_stats().batches == 1
+        s.reconfigure(BatchingOptions(max_batch_size=4, batch_timeout_micros=10_000_000, num_batch_threads=1))
+        got = concurrently(predict_toy(s, toy), xs)  # now all four fit one batch
+    finally:
+        s.stop()
+    assert [r[toy.tensor("inputs", "x")][0] for r in toy.runs] == [2, 4]
+    assert s.stats.batches == 1 and s.stats.tasks == 4
+    for x, (y, _) in zip(xs, got):
+        np.testing.assert_array_equal(y, alone(toy, x)[0])

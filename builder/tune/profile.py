@@ -22,6 +22,7 @@ from builder.core.errors import InputError
 
 LADDER = (1, 2, 4, 8, 16, 32, 64)
 KNEE_FRACTION = 0.9  # the knee: the smallest batch reaching 90% of the best images/s
+MIN_PROFILE_BATCH = 8  # always measured (if the clients can fill it), however slow the model
 
 
 @dataclass
@@ -125,22 +126,23 @@ def profile(model: LoadedModel, max_batch: int, seconds: float = 8.0,
             min_rounds: int = 3) -> list[BatchPoint]:
     """Median latency per batch size up the ladder to ``max_batch``, sizes interleaved.
 
-    Each size first runs once untimed (a new input shape). Then rounds run every size once, until
-    ``seconds`` have passed and at least ``min_rounds`` rounds were done: on a shared CPU a burst
-    of load hits every size alike instead of whichever was being measured. Sizes are dropped
-    from the top while one round would take longer than ``seconds / min_rounds`` (the model is too
-    slow there for bigger batches to be worth measuring)."""
+    Each size first runs once untimed (a new input shape) and once timed. Then rounds run every
+    size once, until ``seconds`` have passed and at least ``min_rounds`` rounds were done: on a
+    shared CPU a burst of load hits every size alike instead of whichever was being measured.
+    Sizes above ``MIN_PROFILE_BATCH`` are dropped from the top while one round would take longer
+    than ``seconds / min_rounds`` (the model is too slow there for bigger batches to matter)."""
     fetches = model.fetches()
     feeds: dict[int, dict] = {}
-    first: dict[int, float] = {}
+    once: dict[int, float] = {}  # one timed run per size, after the untimed first
     for b in (b for b in sizes if b <= max_batch):
         feeds[b] = model.feed(b)
-        first[b] = _timed(model, feeds[b], fetches)
-        if sum(first.values()) > seconds / min_rounds and len(first) > 2:
+        _timed(model, feeds[b], fetches)
+        once[b] = _timed(model, feeds[b], fetches)
+        if sum(once.values()) > seconds / min_rounds and b >= MIN_PROFILE_BATCH:
             break
-    while len(first) > 2 and sum(first.values()) > seconds / min_rounds:
-        first.pop(max(first))
-    times: dict[int, list[float]] = {b: [] for b in sorted(first)}
+    while max(once) > MIN_PROFILE_BATCH and sum(once.values()) > seconds / min_rounds:
+        once.pop(max(once))
+    times: dict[int, list[float]] = {b: [t] for b, t in sorted(once.items())}
     end = time.monotonic() + seconds
     rounds = 0
     while rounds < min_rounds or time.monotonic() < end:

@@ -33,7 +33,6 @@ from builder.core.errors import InputError, UnavailableError
 
 DEFAULT_CONCURRENCY = (1, 4, 16, 64)
 DEFAULT_SECONDS = 3.0
-PROFILE_SECONDS = 8.0  # interleaved rounds over all batch sizes
 MAX_PROFILE_BATCH = 64
 SHOWN_CANDIDATES = 3
 
@@ -75,10 +74,12 @@ class TuneRequest:
     out_dir: Path
     signature: str
     command: str
+    profile_seconds: float = 8.0  # in-process interleaved rounds
 
 
-def resolve(repo: str, name: str, version: Any, concurrency: Any, seconds: Any, p99_ms: Any, out: str,
-            signature: str, command: str) -> TuneRequest:
+def resolve(repo: str, name: str, version: Any = None, concurrency: Any = DEFAULT_CONCURRENCY,
+            seconds: Any = DEFAULT_SECONDS, p99_ms: Any = None, out: str = "",
+            signature: str = "serving_default") -> TuneRequest:
     """Flags -> a checked request; every mistake is one InputError naming the flag."""
     from builder.core import artifact
     from builder.core.layout import list_versions, parse_version
@@ -108,8 +109,14 @@ def resolve(repo: str, name: str, version: Any, concurrency: Any, seconds: Any, 
     if secs <= 0 or (budget is not None and budget <= 0):
         raise InputError("--seconds and --p99_ms must be positive")
     out_dir = Path(out) if out else Path(repo) / TUNE_DIR / str(name)
+    args = [f"--repo {repo}", f"--name {name}", f"--version {v}"]
+    args += [f"--p99_ms {budget:g}"] if budget is not None else []
+    args += [f"--concurrency {','.join(map(str, levels))}"] if levels != DEFAULT_CONCURRENCY else []
+    args += [f"--seconds {secs:g}"] if secs != DEFAULT_SECONDS else []
+    args += [f"--out {out}"] if out else []
+    args += [f"--signature {signature}"] if signature and signature != "serving_default" else []
     return TuneRequest(Path(repo), str(name), v, vdir, levels, secs, budget, out_dir, signature or "serving_default",
-                       command)
+                       "python -m builder tune " + " ".join(args))
 
 
 def _models_config(req: TuneRequest, workdir: Path) -> Path:
@@ -205,9 +212,9 @@ def tune(req: TuneRequest, say: Progress) -> dict:
     model = profile.load_model(req.version_dir, req.signature)
     try:
         request = model.request(req.name)
-        say(f"in-process latency per batch size (interleaved rounds, {PROFILE_SECONDS:g} s):")
+        say(f"in-process latency per batch size (interleaved rounds, {req.profile_seconds:g} s):")
         points = profile.profile(model, min(MAX_PROFILE_BATCH, max(max(req.concurrency), 2)),
-                                 PROFILE_SECONDS, on_point=lambda p: say(
+                                 req.profile_seconds, on_point=lambda p: say(
                                      f"  batch {p.batch_size:3d}: {p.p50_ms:8.1f} ms  {p.images_per_s:7.1f} "
                                      f"images/s  ({p.runs} runs, load {p.load_avg[0]})"))
     finally:
@@ -348,16 +355,7 @@ def tune_command(repo: str = "", name: str = "", version: Any = None, p99_ms: An
       signature: Signature to send requests to.
       quiet: No progress lines.
     """
-    req = resolve(repo, name, version, concurrency, seconds, p99_ms, out, signature, "")
-    args = [f"--repo {repo}", f"--name {name}", f"--version {req.version}"]
-    args += [f"--p99_ms {req.p99_ms:g}"] if req.p99_ms is not None else []
-    if req.concurrency != DEFAULT_CONCURRENCY:
-        args.append(f"--concurrency {','.join(map(str, req.concurrency))}")
-    if req.seconds != DEFAULT_SECONDS:
-        args.append(f"--seconds {req.seconds:g}")
-    if out:
-        args.append(f"--out {out}")
-    req.command = "python -m builder tune " + " ".join(args)
+    req = resolve(repo, name, version, concurrency, seconds, p99_ms, out, signature)
     report = tune(req, Progress(quiet))
     for line in summary_lines(report):
         print(line)
