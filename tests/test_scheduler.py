@@ -553,3 +553,19 @@ def test_reconfigure_drains_then_applies_new_options(toy):
     assert s.stats.batches == 1 and s.stats.tasks == 4
     for x, (y, _) in zip(xs, got):
         np.testing.assert_array_equal(y, alone(toy, x)[0])
+
+
+def test_splitting_refuses_what_the_queue_cannot_hold_with_tf_servings_wording(toy):
+    s = scheduler(max_batch_size=10, enable_large_batch_splitting=True, max_execution_batch_size=2,
+                  max_enqueued_batches=2, batch_timeout_micros=0)
+    try:
+        y, _ = predict_toy(s, toy)(sample_inputs(4))  # exactly the capacity (2 batches x 2 rows)
+        with pytest.raises(BatchingError) as e:
+            predict_toy(s, toy)(sample_inputs(5))
+    finally:
+        s.stop()
+    np.testing.assert_array_equal(y, alone(toy, sample_inputs(4))[0])
+    assert e.value.code == "UNAVAILABLE"
+    assert e.value.message == ("The batch scheduling queue to which this task was submitted is full; task size "
+                               "is 5 but scheduling capacity is only 4 (num_enqueued_batches=1, "
+                               "max_enqueued_batches=2, open_batch_size=0, max_execution_batch_size=2)")

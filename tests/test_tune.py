@@ -50,10 +50,19 @@ def test_candidate_sets_are_valid_for_tf_serving_and_admit_the_warmup():
         assert o.enable_large_batch_splitting and o.execution_limit in (8, 16, 32)  # ... and split
         assert o.allowed_batch_sizes[-1] == 100 and o.execution_limit in o.allowed_batch_sizes
         assert o.max_enqueued_batches * o.execution_limit >= 100  # room for the warmup request
+        assert plan.warmup_problem(o, [1, 8, 100]) == ""
         text = report.options_text(o)
         assert BatchingOptions.from_proto(companions.parse_batching_parameters(text)) == o  # round trip
     assert {c.options.execution_limit for c in cands} >= {8, 16}  # the knee and twice the knee
     assert {c.options.num_batch_threads for c in cands} == {1, 2}
+
+
+def test_warmup_problem_matches_what_the_server_refuses():
+    assert "larger than max_batch_size 8" in plan.warmup_problem(BatchingOptions(max_batch_size=8), [100])
+    split = BatchingOptions(max_batch_size=100, enable_large_batch_splitting=True, max_execution_batch_size=8,
+                            max_enqueued_batches=12)
+    assert "exceeds the queue capacity 12 x 8" in plan.warmup_problem(split, [100])
+    assert plan.warmup_problem(split, [1, 96]) == ""
 
 
 def test_candidates_never_batch_more_than_the_clients_can_send():

@@ -97,6 +97,19 @@ def options_for(exec_size: int, threads: int, timeout_us: int, warm_sizes: list[
     )
 
 
+def warmup_problem(opts: BatchingOptions, warm_sizes: list[int]) -> str:
+    """Why TF Serving would fail the version's load with ``opts`` (its warmup records run through
+    the batcher), checked as ``ValidateBatchTaskQueueCapacity`` checks a request on an empty
+    queue; empty when they all pass. ``tune`` measures with warmup off, so this is its guard."""
+    for size in warm_sizes:
+        if size > opts.max_batch_size:
+            return f"a {size}-row warmup record is larger than max_batch_size {opts.max_batch_size}"
+        if opts.enable_large_batch_splitting and size > opts.max_enqueued_batches * opts.execution_limit:
+            return (f"a {size}-row warmup record exceeds the queue capacity "
+                    f"{opts.max_enqueued_batches} x {opts.execution_limit}")
+    return ""
+
+
 def candidates(points: list[BatchPoint], warm_sizes: list[int], max_concurrency: int, cores: int,
                budget_ms: float) -> list[Candidate]:
     """The parameter sets worth measuring for this model on this CPU (see the module docstring)."""

@@ -184,9 +184,9 @@ def run_servers(req: TuneRequest, request: bytes, cands: list, baseline: Any, bu
             _measure(plain, request, req, baseline, levels, work, say)
         first = work / BATCHING_FILE
         first.write_text(options_text(cands[0].options), encoding="utf-8")
-        say("server with batching: loading (warmup records run through the batcher, as in TF Serving)")
+        say("server with batching: loading")
         with LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads, enable_batching=True,
-                         batching_parameters_file=first) as server:
+                         batching_parameters_file=first, enable_model_warmup=False) as server:
             server.wait_until_ready(300)
             prime(server.grpc_target, request)
             for i, c in enumerate(cands):
@@ -226,6 +226,10 @@ def tune(req: TuneRequest, say: Progress) -> dict:
     say(f"p99 budget {budget:g} ms ({'given' if source == 'given' else 'default: ' + rule})")
     warm = profile.warmup_batch_sizes(req.version_dir)
     cands = plan.candidates(points, warm, max(req.concurrency), cpu.cores, budget)
+    for c in cands:  # by construction; a set TF Serving would fail the load with must never be written
+        problem = plan.warmup_problem(c.options, warm)
+        if problem:
+            raise AssertionError(f"{c.label}: {problem}")
     baseline = Candidate("no batching", None)
     say(f"{len(cands)} parameter sets + no batching; {','.join(map(str, req.concurrency))} clients, "
         f"{req.seconds:g} s each")
