@@ -1,0 +1,122 @@
+"""Concurrent-clients benchmark: the same model through the local server without batching and with
+a batching_parameters.txt, and the model alone in-process at that file's batch size - interleaved
+rounds in one run, so a change in machine load hits all three alike.
+
+This is the "concurrent clients" mode of the benchmark (N closed-loop clients, one row per
+request, gRPC on loopback); ``builder.bench`` can call ``concurrent_clients`` and put the rows in
+its own tables. ``python -m builder.tune.compare`` runs it from a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from builder.tune import load, profile, system, tuner
+
+
+def _median_result(rs: list[load.LoadResult]) -> dict:
+    """Per-field medians over rounds, plus the spread of requests/s."""
+    keys = ("rps", "p50_ms", "p90_ms", "p99_ms")
+    out: dict[str, Any] = {k: round(statistics.median(getattr(r, k) for r in rs), 2) for k in keys}
+    out["rps_min"], out["rps_max"] = min(r.rps for r in rs), max(r.rps for r in rs)
+    out["errors"] = sum(r.error_count for r in rs)
+    out["rounds"] = [r.as_dict() for r in rs]
+    return out
+
+
+def concurrent_clients(repo: str, name: str, batching_parameters_file: str, version: Any = None,
+                       concurrency: tuple[int, ...] = (16,), seconds: float = 5.0, rounds: int = 3,
+                       say: Any = None) -> dict:
+    """Rounds of: no batching, batching with ``batching_parameters_file``, the model alone at the
+    file's execution batch size (``max_execution_batch_size``, else ``max_batch_size``), for each
+    concurrency level. Returns medians and every round, with the CPU and load averages."""
+    from builder.serve.batching import read_options
+
+    say = say or tuner.Progress()
+    req = tuner.resolve(repo, name, version, concurrency, seconds)
+    opts = read_options(batching_parameters_file)
+    exec_size = opts.execution_limit
+    cpu = system.cpu_info()
+    say(f"{name} v{req.version} on {cpu.summary()}; load {system.load_average()}")
+    model = profile.load_model(req.version_dir, req.signature)
+    request = model.request(name)
+    LocalServer = tuner._local_server_class()  # noqa: N806 - a class
+    rows: dict[str, list] = {"no_batching": [], "batching": [], "in_process": []}
+    threads = max(req.concurrency) + 8
+    with tempfile.TemporaryDirectory(prefix="tfs-compare-") as tmp:
+        cfg = tuner._models_config(req, Path(tmp))
+        with LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads,
+                         enable_model_warmup=False) as plain, \
+                LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads, enable_batching=True,
+                            batching_parameters_file=batching_parameters_file,
+                            enable_model_warmup=False) as batched:
+            for s in (plain, batched):
+                s.wait_until_ready(300)
+                load.prime(s.grpc_target, request)
+            for i in range(rounds):
+                for label, server in (("no_batching", plain), ("batching", batched)):
+                    rs = load.run_levels_in_child(server.grpc_target, request, req.concurrency, seconds, workdir=tmp)
+                    rows[label].append(rs)
+                    say(f"round {i + 1}/{rounds} {label}: " + "; ".join(
+                        f"{r.concurrency} clients {r.rps:g} req/s p99 {r.p99_ms:g} ms (load {r.load_avg[0]})"
+                        for r in rs))
+                pts = profile.profile(model, exec_size, seconds=seconds, sizes=(exec_size,))
+                rows["in_process"].append(pts[0])
+                say(f"round {i + 1}/{rounds} in-process batch {exec_size}: {pts[0].images_per_s:g} images/s")
+    model.close()
+    return _summary(req, cpu, opts, exec_size, batching_parameters_file, rows)
+
+
+def _summary(req: Any, cpu: Any, opts: Any, exec_size: int, path: str, rows: dict) -> dict:
+    inproc = statistics.median(p.images_per_s for p in rows["in_process"])
+    levels = []
+    for i, c in enumerate(req.concurrency):
+        nb = _median_result([rs[i] for rs in rows["no_batching"]])
+        b = _median_result([rs[i] for rs in rows["batching"]])
+        levels.append({"concurrency": c, "no_batching": nb, "batching": b,
+                       "speedup": round(b["rps"] / nb["rps"], 2) if nb["rps"] else None,
+                       "fraction_of_in_process": round(b["rps"] / inproc, 3) if inproc else None})
+    return {"model": {"name": req.name, "version": req.version, "path": str(req.version_dir)},
+            "cpu": cpu.as_dict(), "cpu_summary": cpu.summary(), "batching_parameters_file": str(path),
+            "batching": opts.describe(), "execution_batch_size": exec_size,
+            "in_process_images_per_s": round(inproc, 2),
+            "in_process_rounds": [p.as_dict() for p in rows["in_process"]],
+            "seconds": req.seconds, "rounds": len(rows["in_process"]), "levels": levels,
+            "load_avg_end": list(system.load_average())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repo", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", default=None)
+    p.add_argument("--batching_parameters_file", required=True)
+    p.add_argument("--concurrency", default="16")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", default="", help="also write the result here")
+    a = p.parse_args(argv)
+    from builder.options import as_int_list
+
+    res = concurrent_clients(a.repo, a.name, a.batching_parameters_file, a.version,
+                             tuple(as_int_list(a.concurrency, "--concurrency")), a.seconds, a.rounds)
+    text = json.dumps(res, indent=2)
+    if a.json:
+        Path(a.json).write_text(text + "\n", encoding="utf-8")
+    for lv in res["levels"]:
+        print(f"{lv['concurrency']} clients: no batching {lv['no_batching']['rps']:g} req/s "
+              f"(p99 {lv['no_batching']['p99_ms']:g} ms), batching {lv['batching']['rps']:g} req/s "
+              f"(p99 {lv['batching']['p99_ms']:g} ms): {lv['speedup']:g}x, "
+              f"{lv['fraction_of_in_process']:.0%} of in-process batch {res['execution_batch_size']} "
+              f"({res['in_process_images_per_s']:g} images/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
