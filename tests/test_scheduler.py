@@ -569,3 +569,23 @@ def test_splitting_refuses_what_the_queue_cannot_hold_with_tf_servings_wording(t
     assert e.value.message == ("The batch scheduling queue to which this task was submitted is full; task size "
                                "is 5 but scheduling capacity is only 4 (num_enqueued_batches=1, "
                                "max_enqueued_batches=2, open_batch_size=0, max_execution_batch_size=2)")
+
+
+@pytest.mark.slow
+def test_serve_command_enable_batching_flag_end_to_end(repo, tmp_path):
+    """`python -m builder serve --enable_batching --batching_parameters_file F` (a child process,
+    flags as tensorflow_model_server takes them) batches concurrent gRPC clients."""
+    from builder.serve.server import ProcessServer
+
+    cfg = write_models_config(tmp_path / "models.config", [{"name": "toy", "base_path": repo / "toy"}])
+    params = tmp_path / "batching_parameters.txt"
+    params.write_text(companions.batching_parameters_text([4, 8], batch_timeout_micros=300_000, num_batch_threads=1))
+    xs = [sample_inputs(1, seed=i) for i in range(8)]
+    with ProcessServer(cfg, extra_flags=("--enable_batching", "--batching_parameters_file", str(params)),
+                       file_system_poll_wait_seconds=0) as server:
+        server.wait_until_ready(120)
+        got = concurrently(lambda x: _grpc_predict(server.grpc_target, "toy", "x", x), xs)
+        log = server.log_text()
+    assert "Wrapping session to perform batch processing: max_batch_size=8" in log
+    for x, g in zip(xs, got):
+        np.testing.assert_allclose(g["y"], toy_reference(x, 1)["y"], atol=1e-5)
