@@ -132,6 +132,7 @@ def test_closed_loop_clients_in_a_child_process_measure_a_real_server(toy_repo, 
         load.prime(server.grpc_target, request)
         results = load.run_levels_in_child(server.grpc_target, request, [1, 3], 0.4, warmup_seconds=0.1,
                                            workdir=tmp_path, before_level=seen.append)
+        assert not list(tmp_path.glob("request-*"))  # the child's files are cleaned up
         bad = load.closed_loop(server.grpc_target, b"\x0a\x03not a proto", 1, 0.2, warmup_seconds=0.05)
     assert seen == [1, 3]
     assert [r.concurrency for r in results] == [1, 3]

@@ -263,6 +263,8 @@ class BatchStats:
     padded_rows: int = 0
     refused_full: int = 0
     refused_timeout: int = 0
+    run_seconds: float = 0.0  # inside Session.run
+    queue_seconds: float = 0.0  # from each batch's first task to its run
     sizes: collections.Counter = field(default_factory=collections.Counter)  # padded size -> count
 
     @property
@@ -273,6 +275,8 @@ class BatchStats:
         return {"batches": self.batches, "tasks": self.tasks, "rows": self.rows,
                 "padded_rows": self.padded_rows, "refused_full": self.refused_full,
                 "refused_timeout": self.refused_timeout, "mean_batch_size": round(self.mean_batch_size, 3),
+                "mean_run_ms": round(1000 * self.run_seconds / self.batches, 2) if self.batches else 0.0,
+                "mean_queue_ms": round(1000 * self.queue_seconds / self.batches, 2) if self.batches else 0.0,
                 "padded_sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
 
 
@@ -390,9 +394,11 @@ class _Queue:
                 self.scheduler.count_timeouts(len(batch.tasks))
                 raise self.scheduler.error_type("RESOURCE_EXHAUSTED", QUEUE_TIMEOUT)
             feed, padding = self._merge(batch)
+            t0 = time.perf_counter()
             values = self.run_fn(list(self.fetch_names), feed)
+            ran = time.perf_counter() - t0
             results = self._split(batch, dict(zip(self.fetch_names, values, strict=True)), padding)
-            self.scheduler.record(batch, padding)
+            self.scheduler.record(batch, padding, ran, now - batch.start)
         except BaseException as e:  # noqa: BLE001 - every waiting caller must get the failure
             error = e
         for i, task in enumerate(batch.tasks):
@@ -582,9 +588,11 @@ class SharedBatchScheduler:
             stats, self.stats = self.stats, BatchStats()
         return stats
 
-    def record(self, batch: _Batch, padding: int) -> None:
+    def record(self, batch: _Batch, padding: int, run_seconds: float = 0.0, wait_seconds: float = 0.0) -> None:
         with self._cv:
             s = self.stats
+            s.run_seconds += run_seconds
+            s.queue_seconds += wait_seconds
             s.batches += 1
             s.tasks += len(batch.tasks)
             s.rows += batch.size

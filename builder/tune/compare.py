@@ -59,9 +59,10 @@ def concurrent_clients(repo: str, name: str, batching_parameters_file: str, vers
             for s in (plain, batched):
                 s.wait_until_ready(300)
                 load.prime(s.grpc_target, request)
+            client = load.LoadClient(request, tmp)
             for i in range(rounds):
                 for label, server in (("no_batching", plain), ("batching", batched)):
-                    rs = load.run_levels_in_child(server.grpc_target, request, req.concurrency, seconds, workdir=tmp)
+                    rs = [client.measure(server.grpc_target, c, seconds) for c in req.concurrency]
                     rows[label].append(rs)
                     say(f"round {i + 1}/{rounds} {label}: " + "; ".join(
                         f"{r.concurrency} clients {r.rps:g} req/s p99 {r.p99_ms:g} ms (load {r.load_avg[0]})"
@@ -69,6 +70,7 @@ def concurrent_clients(repo: str, name: str, batching_parameters_file: str, vers
                 pts = profile.profile(model, exec_size, seconds=seconds, sizes=(exec_size,))
                 rows["in_process"].append(pts[0])
                 say(f"round {i + 1}/{rounds} in-process batch {exec_size}: {pts[0].images_per_s:g} images/s")
+            client.close()
     model.close()
     return _summary(req, cpu, opts, exec_size, batching_parameters_file, rows)
 

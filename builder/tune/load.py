@@ -4,9 +4,9 @@ previous answer arrives, for a fixed time; throughput and latency percentiles of
 Why a separate, minimal process: the clients must not compete with the server for Python's GIL
 (the local server is Python too), and their own cost must be small next to the model's. So the
 client sends one pre-serialized ``PredictRequest`` through a raw gRPC method (no protobuf or
-TensorFlow import, no per-request encoding) and only checks the status. ``python -m
-builder.tune.load`` runs it in a child process; ``run_levels`` is the in-process API (used by that
-child, by ``tune`` and by benchmarks that want a concurrent-clients figure).
+TensorFlow import, no per-request encoding) and only checks the status. ``LoadClient`` keeps
+that child (``python -m builder.tune.load``) alive across measurements; ``closed_loop`` is the
+in-process API it runs.
 """
 
 from __future__ import annotations
@@ -145,68 +145,73 @@ def closed_loop(target: str, request: bytes, concurrency: int, seconds: float,
     return summarize(concurrency, t_close - t_open, latencies, errors)
 
 
-def run_levels(target: str, request: bytes, levels: Iterable[int], seconds: float,
-               warmup_seconds: float = DEFAULT_WARMUP_SECONDS,
-               on_result: Callable[[LoadResult], None] | None = None) -> list[LoadResult]:
-    """One ``closed_loop`` per concurrency level, in order."""
-    out = []
-    for c in levels:
-        r = closed_loop(target, request, int(c), seconds, warmup_seconds)
-        if on_result:
-            on_result(r)
-        out.append(r)
-    return out
+class LoadClient:
+    """The closed-loop clients in one long-lived child process (``python -m builder.tune.load``),
+    so they do not share the GIL with an in-process server. Each ``measure`` is one command line
+    in, one JSON result line out; the child stays idle in between, so the caller can reconfigure
+    the server or reset its counters between measurements."""
+
+    def __init__(self, request: bytes, workdir: str | os.PathLike) -> None:
+        tag = f"{os.getpid()}-{id(self)}"
+        self._req_file = Path(workdir) / f"request-{tag}.bin"
+        self._err_file = Path(workdir) / f"load-{tag}.err"
+        self._req_file.write_bytes(request)
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self._err = open(self._err_file, "w")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([sys.executable, "-m", "builder.tune.load", "--request", str(self._req_file)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
+                                     env=env, cwd=str(root))
+
+    def measure(self, target: str, concurrency: int, seconds: float,
+                warmup_seconds: float = DEFAULT_WARMUP_SECONDS) -> LoadResult:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        cmd = {"target": target, "concurrency": int(concurrency), "seconds": seconds, "warmup_seconds": warmup_seconds}
+        try:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        line = self.proc.stdout.readline()
+        while line and not line.startswith("{"):
+            line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=10)
+            tail = self._err_file.read_text(errors="replace").strip()[-2000:]
+            raise RuntimeError(f"load generator exited {self.proc.returncode}: {tail}")
+        return LoadResult.from_dict(json.loads(line))
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (subprocess.TimeoutExpired, OSError):
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        finally:
+            self._err.close()
+            self._req_file.unlink(missing_ok=True)
+            self._err_file.unlink(missing_ok=True)
+
+    def __enter__(self) -> LoadClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run_levels_in_child(target: str, request: bytes, levels: Iterable[int], seconds: float,
                         warmup_seconds: float = DEFAULT_WARMUP_SECONDS, workdir: str | os.PathLike = ".",
-                        on_result: Callable[[LoadResult], None] | None = None,
-                        before_level: Callable[[int], None] | None = None,
-                        keep_going: Callable[[LoadResult], bool] | None = None) -> list[LoadResult]:
-    """``run_levels`` in a child process (``python -m builder.tune.load --step``), so the clients
-    do not share the GIL with an in-process server. The child starts each level only when told,
-    so ``before_level`` can reset server-side counters between levels; ``keep_going`` returning
-    False ends the run after that level."""
-    tag = f"{os.getpid()}-{threading.get_ident()}"
-    req_file = Path(workdir) / f"request-{tag}.bin"
-    err_file = Path(workdir) / f"load-{tag}.err"
-    req_file.write_bytes(request)
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    levels = [int(c) for c in levels]
-    cmd = [sys.executable, "-m", "builder.tune.load", "--step", "--target", target, "--request", str(req_file),
-           "--levels", ",".join(map(str, levels)), "--seconds", str(seconds), "--warmup_seconds", str(warmup_seconds)]
-    out: list[LoadResult] = []
-    try:
-        with open(err_file, "w") as err, subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-                cwd=str(root)) as proc:
-            assert proc.stdin is not None and proc.stdout is not None
-            for c in levels:
-                if before_level:
-                    before_level(c)
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-                line = proc.stdout.readline()
-                while line and not line.startswith("{"):
-                    line = proc.stdout.readline()
-                if not line:
-                    break
-                r = LoadResult.from_dict(json.loads(line))
-                out.append(r)
-                if on_result:
-                    on_result(r)
-                if keep_going is not None and not keep_going(r):
-                    break
-            proc.stdin.close()
-            code = proc.wait(timeout=30)
-        if code != 0 or (keep_going is None and len(out) != len(levels)):
-            tail = err_file.read_text(errors="replace").strip()[-2000:]
-            raise RuntimeError(f"load generator exited {code} after {len(out)} of {len(levels)} levels: {tail}")
-    finally:
-        req_file.unlink(missing_ok=True)
-        err_file.unlink(missing_ok=True)
+                        before_level: Callable[[int], None] | None = None) -> list[LoadResult]:
+    """One ``closed_loop`` per level, in a ``LoadClient`` child; ``before_level`` runs before each."""
+    out = []
+    with LoadClient(request, workdir) as client:
+        for c in levels:
+            if before_level:
+                before_level(int(c))
+            out.append(client.measure(target, int(c), seconds, warmup_seconds))
     return out
 
 
@@ -222,19 +227,17 @@ def prime(target: str, request: bytes, n: int = 2, timeout: float = 300.0) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Child side of ``LoadClient``: one JSON command per stdin line, one JSON result per line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--target", required=True, help="host:port of a PredictionService")
     p.add_argument("--request", required=True, help="file holding one serialized PredictRequest")
-    p.add_argument("--levels", required=True, help="comma list of concurrency levels, e.g. 1,4,16")
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--warmup_seconds", type=float, default=DEFAULT_WARMUP_SECONDS)
-    p.add_argument("--step", action="store_true", help="wait for a line on stdin before each level")
     a = p.parse_args(argv)
     request = Path(a.request).read_bytes()
-    for c in (int(x) for x in a.levels.split(",") if x.strip()):
-        if a.step and not sys.stdin.readline():
-            break
-        r = closed_loop(a.target, request, c, a.seconds, a.warmup_seconds)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        r = closed_loop(cmd["target"], request, int(cmd["concurrency"]), float(cmd["seconds"]),
+                        float(cmd.get("warmup_seconds", DEFAULT_WARMUP_SECONDS)))
         print(json.dumps(r.as_dict()), flush=True)
     return 0
 

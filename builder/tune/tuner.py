@@ -129,44 +129,31 @@ def _models_config(req: TuneRequest, workdir: Path) -> Path:
     return p
 
 
-def _measure(server: Any, request: bytes, req: TuneRequest, cand: Any, levels: list[int], workdir: Path,
-             say: Callable, budget: float | None = None) -> None:
-    """One parameter set (or no batching) at ``levels``; with ``budget``, stop after the first
-    level (not the lowest) whose p99 exceeds it: in a closed loop more clients only add latency."""
-    from builder.tune.load import run_levels_in_child
-
-    batcher = getattr(server, "batcher", None)
-
-    def before(_c: int) -> None:
-        if batcher is not None:
-            batcher.take_stats()
-
-    def after(r: Any) -> None:
-        stats = batcher.take_stats().as_dict() if batcher is not None else {}
-        cand.batch_stats[r.concurrency] = stats
-        extra = f", mean batch {stats['mean_batch_size']:g}" if stats else ""
-        errs = f", {r.error_count} errors {r.errors}" if r.error_count else ""
-        say(f"  {r.concurrency:3d} clients: {r.rps:7.1f} requests/s  p50 {r.p50_ms:7.1f} ms  "
-            f"p99 {r.p99_ms:7.1f} ms{extra}{errs}  (load {r.load_avg[0] if r.load_avg else '?'})")
-
-    def keep_going(r: Any) -> bool:
-        if budget is None or r.concurrency == min(levels) or r.p99_ms <= budget:
-            return True
-        cand.stopped_at = r.concurrency
-        say(f"  p99 over the {budget:g} ms budget: higher concurrency skipped")
-        return False
-
-    cand.add(run_levels_in_child(server.grpc_target, request, levels, req.seconds, workdir=workdir,
-                                 on_result=after, before_level=before,
-                                 keep_going=keep_going if budget is not None else None))
+def _measure(client: Any, server: Any, cand: Any, level: int, seconds: float, say: Callable) -> Any:
+    """One parameter set (or no batching) at one concurrency level; scheduler statistics kept."""
+    batcher = getattr(server, "batcher", None) if cand.options is not None else None
+    if batcher is not None:
+        batcher.take_stats()
+    r = client.measure(server.grpc_target, level, seconds)
+    stats = batcher.take_stats().as_dict() if batcher is not None else {}
+    cand.batch_stats[level] = stats
+    cand.add([r])
+    extra = f", mean batch {stats['mean_batch_size']:g}" if stats else ""
+    errs = f", {r.error_count} errors {r.errors}" if r.error_count else ""
+    say(f"  {level:3d} clients {cand.label:<34} {r.rps:7.1f} requests/s  p50 {r.p50_ms:7.1f} ms  "
+        f"p99 {r.p99_ms:7.1f} ms{extra}{errs}  (load {r.load_avg[0] if r.load_avg else '?'})")
+    return r
 
 
 def run_servers(req: TuneRequest, request: bytes, cands: list, baseline: Any, budget: float,
                 say: Callable) -> None:
-    """Measure no batching, then every candidate on one batching server (reconfigured in place),
-    then fill in the levels skipped for the best few so their whole curves can be shown."""
+    """Both servers loaded side by side; for each concurrency level, no batching and then every
+    parameter set still within budget (the batching server's scheduler reconfigured in place), so
+    a change in machine load hits them alike. A set whose p99 exceeds the budget at a level (other
+    than the lowest) is not measured at higher ones - in a closed loop more clients only add
+    latency - except that the best few get their whole curve measured at the end, for the plot."""
     from builder.tune import plan
-    from builder.tune.load import prime
+    from builder.tune.load import LoadClient, prime
     from builder.tune.report import BATCHING_FILE, options_text
 
     LocalServer = _local_server_class()  # noqa: N806 - a class
@@ -175,31 +162,30 @@ def run_servers(req: TuneRequest, request: bytes, cands: list, baseline: Any, bu
     with tempfile.TemporaryDirectory(prefix="tfs-tune-") as tmp:
         work = Path(tmp)
         cfg = _models_config(req, work)
-        say("server without batching: loading")
-        with LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads,
-                         enable_model_warmup=False) as plain:
-            plain.wait_until_ready(300)
-            prime(plain.grpc_target, request)
-            say(f"{baseline.label}:")
-            _measure(plain, request, req, baseline, levels, work, say)
         first = work / BATCHING_FILE
         first.write_text(options_text(cands[0].options), encoding="utf-8")
-        say("server with batching: loading")
-        with LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads, enable_batching=True,
-                         batching_parameters_file=first, enable_model_warmup=False) as server:
-            server.wait_until_ready(300)
-            prime(server.grpc_target, request)
-            for i, c in enumerate(cands):
-                if i:
-                    server.batcher.reconfigure(c.options)
-                say(f"[{i + 1}/{len(cands)}] {c.label}:")
-                _measure(server, request, req, c, levels, work, say, budget)
+        say("loading the model into a server without batching and one with batching")
+        with LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads,
+                         enable_model_warmup=False) as plain, \
+                LocalServer(cfg, file_system_poll_wait_seconds=0, grpc_max_threads=threads, enable_batching=True,
+                            batching_parameters_file=first, enable_model_warmup=False) as batched, \
+                LoadClient(request, work) as client:
+            for s in (plain, batched):
+                s.wait_until_ready(300)
+                prime(s.grpc_target, request)
+            active = list(cands)
+            for level in levels:
+                _measure(client, plain, baseline, level, req.seconds, say)
+                for c in list(active):
+                    batched.batcher.reconfigure(c.options)
+                    r = _measure(client, batched, c, level, req.seconds, say)
+                    if level != levels[0] and r.p99_ms > budget:
+                        active.remove(c)
+                        c.stopped_at = level
             for c in plan.ranked(cands, budget)[:SHOWN_CANDIDATES]:
-                missing = [lv for lv in levels if c.at(lv) is None]
-                if missing:
-                    server.batcher.reconfigure(c.options)
-                    say(f"{c.label}: the levels skipped, for the plot:")
-                    _measure(server, request, req, c, missing, work, say)
+                for level in (lv for lv in levels if c.at(lv) is None):
+                    batched.batcher.reconfigure(c.options)
+                    _measure(client, batched, c, level, req.seconds, say)
 
 
 def tune(req: TuneRequest, say: Progress) -> dict:
@@ -232,7 +218,7 @@ def tune(req: TuneRequest, say: Progress) -> dict:
             raise AssertionError(f"{c.label}: {problem}")
     baseline = Candidate("no batching", None)
     say(f"{len(cands)} parameter sets + no batching; {','.join(map(str, req.concurrency))} clients, "
-        f"{req.seconds:g} s each")
+        f"{req.seconds:g} s each; a set is dropped at the first level where its p99 exceeds the budget")
     run_servers(req, request, cands, baseline, budget, say)
     chosen, met = plan.choose(cands, budget)
     report = build_report(req, cpu, load_start, points, budget, source, rule, warm, cands, baseline, chosen, met)
@@ -316,7 +302,10 @@ def _write_json(path: Path, data: dict) -> None:
 
 def summary_lines(report: dict) -> list[str]:
     """The table printed at the end (stdout)."""
-    lines = [f"p99 budget {report['budget']['p99_ms']:g} ms; chosen: {report['chosen']['label']}"
+    mach = report["machine"]
+    lines = [f"{report['model']['name']} version {report['model']['version']} on {mach['cpu_summary']}; "
+             f"load average {mach['load_avg_start'][0]} at start, {mach['load_avg_end'][0]} at end",
+             f"p99 budget {report['budget']['p99_ms']:g} ms; chosen: {report['chosen']['label']}"
              + ("" if report["chosen"]["met_budget"] else " (NO set met the budget)")]
     lines.append(f"{'clients':>7} {'batching req/s':>15} {'p99 ms':>8} {'no batching req/s':>18} {'p99 ms':>8} "
                  f"{'speedup':>7} {'of in-process':>13}")
