@@ -104,6 +104,24 @@ def test_cpu_info_names_the_core_from_cpuid(tmp_path):
     assert system.cpu_info(f).microarchitecture == ""
 
 
+def test_cpu_sampler_measures_this_processes_cpu_between_instants():
+    import time
+
+    sampler = system.CpuSampler(interval=0.01)
+    try:
+        t0 = time.monotonic()
+        end = t0 + 0.3
+        while time.monotonic() < end:  # busy: ~0.3 CPU-seconds
+            pass
+        t1 = time.monotonic()
+        time.sleep(0.2)  # idle: ~0
+        t2 = time.monotonic()
+        busy, idle = sampler.between(t0, t1), sampler.between(t1, t2)
+    finally:
+        sampler.stop()
+    assert 0.15 < busy < 0.45 and idle < 0.1
+
+
 def test_percentile_is_nearest_rank():
     v = [float(i) for i in range(1, 101)]
     assert (load.percentile(v, 50), load.percentile(v, 99), load.percentile(v, 100)) == (50.0, 99.0, 100.0)
@@ -141,6 +159,7 @@ def test_closed_loop_clients_in_a_child_process_measure_a_real_server(toy_repo, 
         assert 0 < r.p50_ms <= r.p99_ms <= r.max_ms
         assert math.isclose(r.rps, r.requests / r.seconds, rel_tol=0.01)
         assert r.load_avg is not None
+        assert r.window[1] - r.window[0] == pytest.approx(r.seconds, abs=0.01) and r.client_cpu_s > 0
     assert bad.requests == 0 and bad.error_count > 0  # failures are counted, not timed
 
 
@@ -239,3 +258,21 @@ def test_tuned_file_that_no_longer_parses_is_an_error_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=str(bad)):
         companions.find_tuned(tmp_path, ["m"])
     assert companions.find_tuned(tmp_path, ["other"]) is None
+
+
+def test_concurrent_clients_compares_batching_with_no_batching_and_in_process(toy_repo, tmp_path):
+    """The benchmark's concurrent-clients mode: interleaved rounds, ratios within a round."""
+    from builder.tune import compare
+
+    params = tmp_path / "batching_parameters.txt"
+    params.write_text(companions.batching_parameters_text([2, 4], batch_timeout_micros=2000, num_batch_threads=1))
+    res = compare.concurrent_clients(str(toy_repo), "toy", str(params), concurrency=(1, 4), seconds=0.3, rounds=2,
+                                     say=tuner.Progress(quiet=True))
+    assert res["execution_batch_size"] == 4 and res["rounds"] == 2
+    assert [lv["concurrency"] for lv in res["levels"]] == [1, 4]
+    for lv in res["levels"]:
+        for side in ("no_batching", "batching"):
+            assert lv[side]["rps"] > 0 and lv[side]["errors"] == 0 and len(lv[side]["rounds"]) == 2
+            assert lv[side]["requests_per_cpu_s"] > 0
+        assert lv["speedup"] > 0 and lv["fraction_of_in_process"] > 0
+    assert res["in_process_images_per_s"] > 0 and res["in_process_images_per_cpu_s"] > 0

@@ -43,6 +43,9 @@ class LoadResult:
     max_ms: float = 0.0
     mean_ms: float = 0.0
     load_avg: tuple[float, float, float] | None = None  # os.getloadavg() when the point ended
+    window: tuple[float, float] | None = None  # time.monotonic() when the window opened, closed
+    client_cpu_s: float | None = None  # CPU seconds the client process used inside the window
+    server_cpu_s: float | None = None  # filled in by a caller that samples the server's CPU
 
     @property
     def error_count(self) -> int:
@@ -51,13 +54,25 @@ class LoadResult:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["load_avg"] = list(self.load_avg) if self.load_avg else None
+        d["window"] = list(self.window) if self.window else None
+        d["requests_per_cpu_s"] = self.requests_per_cpu_s
         return d
+
+    @property
+    def requests_per_cpu_s(self) -> float | None:
+        """Requests answered per CPU-second of server plus clients: throughput with the
+        neighbours' share of a shared CPU taken out."""
+        if self.server_cpu_s is None or self.client_cpu_s is None:
+            return None
+        cpu = self.server_cpu_s + self.client_cpu_s
+        return round(self.requests / cpu, 3) if cpu > 0 else None
 
     @classmethod
     def from_dict(cls, d: dict) -> LoadResult:
-        d = dict(d)
-        if d.get("load_avg") is not None:
-            d["load_avg"] = tuple(d["load_avg"])
+        d = {k: v for k, v in d.items() if k != "requests_per_cpu_s"}
+        for k in ("load_avg", "window"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -128,9 +143,9 @@ def closed_loop(target: str, request: bytes, concurrency: int, seconds: float,
         if not answered.acquire(timeout=max(warm_end - time.monotonic(), 0.0)):
             break
     time.sleep(max(start + warmup_seconds - time.monotonic(), 0.0))
-    t_open = time.monotonic()
+    t_open, cpu_open = time.monotonic(), time.process_time()
     time.sleep(seconds)
-    t_close = time.monotonic()
+    t_close, cpu_close = time.monotonic(), time.process_time()
     stop.set()
     for t in threads:
         t.join(timeout=timeout + 5)
@@ -142,7 +157,9 @@ def closed_loop(target: str, request: bytes, concurrency: int, seconds: float,
                     latencies.append(lat)
                 else:
                     errors[code] += 1
-    return summarize(concurrency, t_close - t_open, latencies, errors)
+    r = summarize(concurrency, t_close - t_open, latencies, errors)
+    r.window, r.client_cpu_s = (t_open, t_close), round(cpu_close - cpu_open, 3)
+    return r
 
 
 class LoadClient:

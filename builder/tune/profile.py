@@ -33,6 +33,7 @@ class BatchPoint:
     min_ms: float
     images_per_s: float  # batch_size / median latency
     load_avg: tuple[float, float, float]
+    images_per_cpu_s: float | None = None  # images per CPU-second of this process (all threads)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -109,10 +110,13 @@ def load_model(version_dir: str | os.PathLike, signature_key: str = "serving_def
     return LoadedModel(sess, signature_key, sig, sample)
 
 
-def _timed(model: LoadedModel, feed: dict, fetches: list[str]) -> float:
-    t0 = time.perf_counter()
+def _timed(model: LoadedModel, feed: dict, fetches: list[str], cpu: dict | None = None, key: int = 0) -> float:
+    c0, t0 = time.process_time(), time.perf_counter()
     model.session.run(fetches, feed_dict=feed)
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    if cpu is not None:
+        cpu[key] = cpu.get(key, 0.0) + time.process_time() - c0
+    return elapsed
 
 
 def _median(values: list[float]) -> float:
@@ -143,17 +147,20 @@ def profile(model: LoadedModel, max_batch: int, seconds: float = 8.0,
     while max(once) > MIN_PROFILE_BATCH and sum(once.values()) > seconds / min_rounds:
         once.pop(max(once))
     times: dict[int, list[float]] = {b: [t] for b, t in sorted(once.items())}
+    cpu: dict[int, float] = {}
     end = time.monotonic() + seconds
     rounds = 0
     while rounds < min_rounds or time.monotonic() < end:
         for b in times:
-            times[b].append(_timed(model, feeds[b], fetches))
+            times[b].append(_timed(model, feeds[b], fetches, cpu, b))
         rounds += 1
     load = tuple(round(v, 2) for v in os.getloadavg())
     points = []
     for b, ts in times.items():
         med = _median(ts)
-        p = BatchPoint(b, len(ts), round(med * 1000, 2), round(min(ts) * 1000, 2), round(b / med, 2), load)
+        per_cpu = round(b * (len(ts) - 1) / cpu[b], 3) if cpu.get(b) else None
+        p = BatchPoint(b, len(ts), round(med * 1000, 2), round(min(ts) * 1000, 2), round(b / med, 2), load,
+                       per_cpu)
         points.append(p)
         if on_point:
             on_point(p)

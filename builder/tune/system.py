@@ -8,8 +8,11 @@ parameters are only valid for the CPU they were measured on, so they carry this 
 
 from __future__ import annotations
 
+import bisect
 import os
 import platform
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -96,3 +99,50 @@ def _microarchitecture(vendor: str, family: int | None, model: int | None) -> st
 def load_average() -> tuple[float, float, float]:
     """``uptime``'s three load averages (1, 5, 15 minutes)."""
     return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
+
+
+class CpuSampler:
+    """CPU seconds this process used between two ``time.monotonic()`` instants.
+
+    Why: on a shared host the wall-clock throughput of a server depends on how much CPU the
+    neighbours leave it. Requests per CPU-second of the server (and of its clients) does not, so it
+    is reported beside requests/s. A background thread samples ``time.process_time()`` (all
+    threads of the process) every ``interval`` seconds; queries interpolate between samples."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self._t: list[float] = []
+        self._cpu: list[float] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._interval = interval
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        with self._lock:
+            self._t.append(time.monotonic())
+            self._cpu.append(time.process_time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def at(self, t: float) -> float:
+        """Process CPU seconds at monotonic time ``t`` (linear between samples)."""
+        self._sample()
+        with self._lock:
+            i = bisect.bisect_left(self._t, t)
+            if i <= 0:
+                return self._cpu[0]
+            if i >= len(self._t):
+                return self._cpu[-1]
+            t0, t1, c0, c1 = self._t[i - 1], self._t[i], self._cpu[i - 1], self._cpu[i]
+            return c0 + (c1 - c0) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.0)
+
+    def between(self, t0: float, t1: float) -> float:
+        return max(self.at(t1) - self.at(t0), 0.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)

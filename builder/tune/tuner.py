@@ -129,19 +129,24 @@ def _models_config(req: TuneRequest, workdir: Path) -> Path:
     return p
 
 
-def _measure(client: Any, server: Any, cand: Any, level: int, seconds: float, say: Callable) -> Any:
-    """One parameter set (or no batching) at one concurrency level; scheduler statistics kept."""
+def _measure(client: Any, server: Any, cand: Any, level: int, seconds: float, say: Callable,
+             cpu: Any = None) -> Any:
+    """One parameter set (or no batching) at one concurrency level; scheduler statistics and the
+    server's CPU seconds (``cpu``: a ``system.CpuSampler`` of this process) kept."""
     batcher = getattr(server, "batcher", None) if cand.options is not None else None
     if batcher is not None:
         batcher.take_stats()
     r = client.measure(server.grpc_target, level, seconds)
+    if cpu is not None and r.window:
+        r.server_cpu_s = round(cpu.between(*r.window), 3)
     stats = batcher.take_stats().as_dict() if batcher is not None else {}
     cand.batch_stats[level] = stats
     cand.add([r])
     extra = f", mean batch {stats['mean_batch_size']:g}" if stats else ""
     errs = f", {r.error_count} errors {r.errors}" if r.error_count else ""
+    per_cpu = f", {r.requests_per_cpu_s:g}/CPU-s" if r.requests_per_cpu_s else ""
     say(f"  {level:3d} clients {cand.label:<34} {r.rps:7.1f} requests/s  p50 {r.p50_ms:7.1f} ms  "
-        f"p99 {r.p99_ms:7.1f} ms{extra}{errs}  (load {r.load_avg[0] if r.load_avg else '?'})")
+        f"p99 {r.p99_ms:7.1f} ms{extra}{per_cpu}{errs}  (load {r.load_avg[0] if r.load_avg else '?'})")
     return r
 
 
@@ -152,7 +157,7 @@ def run_servers(req: TuneRequest, request: bytes, cands: list, baseline: Any, bu
     a change in machine load hits them alike. A set whose p99 exceeds the budget at a level (other
     than the lowest) is not measured at higher ones - in a closed loop more clients only add
     latency - except that the best few get their whole curve measured at the end, for the plot."""
-    from builder.tune import plan
+    from builder.tune import plan, system
     from builder.tune.load import LoadClient, prime
     from builder.tune.report import BATCHING_FILE, options_text
 
@@ -173,19 +178,21 @@ def run_servers(req: TuneRequest, request: bytes, cands: list, baseline: Any, bu
             for s in (plain, batched):
                 s.wait_until_ready(300)
                 prime(s.grpc_target, request)
+            cpu = system.CpuSampler()
             active = list(cands)
             for level in levels:
-                _measure(client, plain, baseline, level, req.seconds, say)
+                _measure(client, plain, baseline, level, req.seconds, say, cpu)
                 for c in list(active):
                     batched.batcher.reconfigure(c.options)
-                    r = _measure(client, batched, c, level, req.seconds, say)
+                    r = _measure(client, batched, c, level, req.seconds, say, cpu)
                     if level != levels[0] and r.p99_ms > budget:
                         active.remove(c)
                         c.stopped_at = level
             for c in plan.ranked(cands, budget)[:SHOWN_CANDIDATES]:
                 for level in (lv for lv in levels if c.at(lv) is None):
                     batched.batcher.reconfigure(c.options)
-                    _measure(client, batched, c, level, req.seconds, say)
+                    _measure(client, batched, c, level, req.seconds, say, cpu)
+            cpu.stop()
 
 
 def tune(req: TuneRequest, say: Progress) -> dict:
@@ -238,6 +245,7 @@ def build_report(req: TuneRequest, cpu: Any, load_start: tuple, points: list, bu
     from builder.tune.profile import knee
 
     inproc = {p.batch_size: p.images_per_s for p in points}
+    inproc_cpu = {p.batch_size: p.images_per_cpu_s for p in points}
     chosen_exec = chosen.options.execution_limit
     comparison = []
     for r in chosen.results:
@@ -247,6 +255,10 @@ def build_report(req: TuneRequest, cpu: Any, load_start: tuple, points: list, bu
             "speedup": round(r.rps / base.rps, 2) if base and base.rps else None,
             "batching_p99_ms": r.p99_ms, "no_batching_p99_ms": base.p99_ms if base else None,
             "fraction_of_in_process": round(r.rps / inproc[chosen_exec], 3) if chosen_exec in inproc else None,
+            "batching_requests_per_cpu_s": r.requests_per_cpu_s,
+            "no_batching_requests_per_cpu_s": base.requests_per_cpu_s if base else None,
+            "speedup_per_cpu_s": _ratio(r.requests_per_cpu_s, base.requests_per_cpu_s if base else None),
+            "fraction_of_in_process_per_cpu_s": _ratio(r.requests_per_cpu_s, inproc_cpu.get(chosen_exec)),
         })
     return {
         "tool": "tfs-builder tune", "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -266,6 +278,10 @@ def build_report(req: TuneRequest, cpu: Any, load_start: tuple, points: list, bu
                    "in_process_images_per_s_at_execution_size": inproc.get(chosen_exec)},
         "comparison": comparison,
     }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
 
 
 def _cand_dict(c: Any, budget: float) -> dict:
