@@ -324,12 +324,16 @@ def summary_lines(report: dict) -> list[str]:
              f"p99 budget {report['budget']['p99_ms']:g} ms; chosen: {report['chosen']['label']}"
              + ("" if report["chosen"]["met_budget"] else " (NO set met the budget)")]
     lines.append(f"{'clients':>7} {'batching req/s':>15} {'p99 ms':>8} {'no batching req/s':>18} {'p99 ms':>8} "
-                 f"{'speedup':>7} {'of in-process':>13}")
+                 f"{'speedup':>7} {'of in-process':>13} {'speedup per CPU-s':>17}")
+
+    def pct(v: float | None) -> str:
+        return f"{v:.0%}" if v is not None else "-"
+
     for c in report["comparison"]:
-        frac = f"{c['fraction_of_in_process']:.0%}" if c["fraction_of_in_process"] is not None else "-"
+        per_cpu = f"{c['speedup_per_cpu_s']:g}" if c.get("speedup_per_cpu_s") is not None else "-"
         lines.append(f"{c['concurrency']:>7} {c['batching_rps']:>15g} {c['batching_p99_ms']:>8g} "
                      f"{c['no_batching_rps'] or 0:>18g} {c['no_batching_p99_ms'] or 0:>8g} "
-                     f"{c['speedup'] or 0:>7g} {frac:>13}")
+                     f"{c['speedup'] or 0:>7g} {pct(c['fraction_of_in_process']):>13} {per_cpu:>17}")
     for k, v in report["files"].items():
         lines.append(f"wrote {v}" + ("" if k != "batching_parameters" else
                                       " (`python -m builder config` uses it; or pass it to "
