@@ -76,15 +76,18 @@ def result(c: int, rps: float, p99: float, errors: int = 0) -> LoadResult:
     return LoadResult(c, 3.0, int(rps * 3), {"UNAVAILABLE": errors} if errors else {}, rps, p99 / 2, p99, p99, p99)
 
 
-def test_choice_is_the_highest_throughput_within_budget():
+def test_choice_is_the_highest_throughput_within_budget_at_the_highest_feasible_level():
     a = Candidate("a", None, [result(1, 20, 50), result(16, 60, 400)])
     b = Candidate("b", None, [result(1, 20, 40), result(16, 90, 900)])  # faster, but over budget at 16
     c = Candidate("c", None, [result(1, 25, 60), result(16, 80, 450, errors=3)])  # refused requests
-    chosen, met = plan.choose([a, b, c], budget_ms=500)
-    assert (chosen.label, met) == ("a", True)
-    assert [x.label for x in plan.ranked([a, b, c], 500)] == ["a", "c", "b"]
-    chosen, met = plan.choose([a, b, c], budget_ms=30)  # nothing fits: the closest, flagged
-    assert (chosen.label, met) == ("b", False)
+    d = Candidate("d", None, [result(1, 45, 30), result(16, 55, 300)])  # best at one client: no batching
+    assert plan.target_level([a, b, c, d], 500) == 16
+    chosen, met = plan.choose([a, b, c, d], budget_ms=500)
+    assert (chosen.label, met) == ("a", True)  # 60 > 55 at 16 clients; d's 45 at 1 client does not count
+    assert [x.label for x in plan.ranked([a, b, c, d], 500)] == ["a", "d", "c", "b"]
+    assert plan.target_level([a, b, c, d], 30) == 1 and plan.target_level([a, b, c, d], 29) is None
+    chosen, met = plan.choose([a, b, c, d], budget_ms=29)  # nothing fits: the closest, flagged
+    assert (chosen.label, met) == ("d", False)
 
 
 # ---------------------------------------------------------------------------------------------

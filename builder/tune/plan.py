@@ -16,9 +16,10 @@ The reasoning, for a CPU server under closed-loop clients:
   is headroom for queueing variance and the server's per-request cost. It scales with the model
   and the CPU, so "within budget" means "batching at the knee works", not a number picked for one
   machine. Pass ``--p99_ms`` to use your SLO instead.
-* The winner: for every set, its best throughput among the concurrency levels where p99 stays
-  within the budget and no request failed (as Triton's Model Analyzer ranks under a latency
-  constraint); the set with the highest such throughput wins.
+* The winner: the sets are compared at the highest concurrency level where any of them keeps p99
+  within the budget with no failed request (the most load the server can take within budget);
+  the one with the highest requests/s there wins. Comparing each set's own best level instead
+  would let a set win at one client, where nothing is batched and sets differ only by noise.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Candidate:
 
     def best(self, budget_ms: float) -> LoadResult | None:
         """The highest-throughput level within budget with no failed request (None if none)."""
-        ok = [r for r in self.results if r.p99_ms <= budget_ms and r.error_count == 0 and r.requests > 0]
+        ok = [r for r in self.results if _ok(r, budget_ms)]
         return max(ok, key=lambda r: (r.rps, -r.p99_ms)) if ok else None
 
     def at(self, concurrency: int) -> LoadResult | None:
@@ -145,22 +146,38 @@ def _latency_at(lat: dict[int, float], b: int) -> float:
     return lat[lo] + (lat[hi] - lat[lo]) * (b - lo) / (hi - lo)
 
 
+def target_level(cands: list[Candidate], budget_ms: float) -> int | None:
+    """The highest concurrency at which some set keeps p99 within budget with no failed request:
+    the most load the server can take within budget, where the sets are compared. (Comparing
+    each set's best level instead lets a set win at one client, where no batching happens and
+    the sets differ only by noise.)"""
+    levels = [r.concurrency for c in cands for r in c.results if _ok(r, budget_ms)]
+    return max(levels) if levels else None
+
+
+def _ok(r: LoadResult, budget_ms: float) -> bool:
+    return r.p99_ms <= budget_ms and r.error_count == 0 and r.requests > 0
+
+
 def ranked(cands: list[Candidate], budget_ms: float) -> list[Candidate]:
-    """Best first: by throughput within budget, then (for sets that never met it) by lowest p99."""
+    """Best first: throughput at the target level (within budget), then the other sets by their best
+    throughput within budget, then the sets that never met it by lowest p99."""
+    level = target_level(cands, budget_ms)
+
     def key(c: Candidate) -> tuple:
+        at = c.at(level) if level is not None else None
+        if at is not None and _ok(at, budget_ms):
+            return (0, -at.rps, at.p99_ms)
         best = c.best(budget_ms)
-        lowest = min((r.p99_ms for r in c.results if r.requests), default=math.inf)
-        return (0, -best.rps, best.p99_ms) if best else (1, lowest, 0.0)
+        if best is not None:
+            return (1, -best.rps, best.p99_ms)
+        return (2, min((r.p99_ms for r in c.results if r.requests), default=math.inf), 0.0)
 
     return sorted(cands, key=key)
 
 
 def choose(cands: list[Candidate], budget_ms: float) -> tuple[Candidate, bool]:
-    """(winner, whether it met the budget). Without any set within budget, the one whose best
-    level came closest (lowest p99) is returned, flagged."""
-    scored = [(c, c.best(budget_ms)) for c in cands]
-    feasible = [(c, r) for c, r in scored if r is not None]
-    if feasible:
-        return max(feasible, key=lambda cr: (cr[1].rps, -cr[1].p99_ms))[0], True
-    closest = min(cands, key=lambda c: min((r.p99_ms for r in c.results if r.requests), default=math.inf))
-    return closest, False
+    """(winner, whether it met the budget): the highest throughput within budget at the target
+    level; without any set within budget, the one whose p99 came closest, flagged."""
+    order = ranked(cands, budget_ms)
+    return order[0], order[0].best(budget_ms) is not None
