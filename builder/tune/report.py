@@ -47,8 +47,9 @@ def _fmt(r: Any) -> str:
 def header(report: dict, chosen: Candidate, baseline: Candidate, met_budget: bool) -> list[str]:
     """The comment lines at the top of the tuned batching_parameters.txt."""
     m, mach, budget = report["model"], report["machine"], report["budget"]
-    best = chosen.best(budget["p99_ms"])
-    same = baseline.at(best.concurrency) if best else None
+    level = report.get("target_concurrency")
+    best = chosen.at(level) if level else None
+    same = baseline.at(level) if level else None
     sizes = ",".join(str(p["batch_size"]) for p in report["in_process"])
     lines = [
         f"Tuned by tfs-builder `tune` on {report['created']} for model {m['name']} version {m['version']}.",
@@ -57,7 +58,8 @@ def header(report: dict, chosen: Candidate, baseline: Candidate, met_budget: boo
         f"Measured: in-process latency per batch size ({sizes}), then the local server under closed-loop "
         f"gRPC clients sending one row each ({','.join(map(str, report['concurrency']))} concurrent, "
         f"{report['seconds']:g} s per level) for {len(report['candidates'])} parameter sets and without batching.",
-        f"Rule: highest requests/s with p99 <= {budget['p99_ms']:g} ms and no errors "
+        f"Rule: highest requests/s with p99 <= {budget['p99_ms']:g} ms and no errors, at the highest "
+        f"concurrency where any set met that "
         f"({'given with --p99_ms' if budget['source'] == 'given' else 'default budget: ' + budget['rule']}).",
         f"Chosen: {chosen.label}: " + (_fmt(best) if best else "no set met the budget; closest shown")
         + (f"; without batching: {_fmt(same)}." if same else "."),
