@@ -129,8 +129,12 @@ def write_plot(path: str | os.PathLike, report: dict, shown: list[Candidate], ba
     axes[2].set_yscale("log")
     axes[2].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[1].legend(fontsize=7, loc="upper left")
-    m = report["model"]
-    fig.suptitle(f"{m['name']} v{m['version']} on {report['machine']['cpu_summary'][:90]}", fontsize=9)
+    axes[0].set_ylim(bottom=0)
+    axes[1].set_ylim(bottom=0)
+    m, mach = report["model"], report["machine"]
+    fig.suptitle(f"{m['name']} v{m['version']} on {mach['cpu_summary']}\nload average {mach['load_avg_start'][0]} "
+                 f"at start, {mach['load_avg_end'][0]} at end; {report['created']}; p99 budget "
+                 f"{report['budget']['p99_ms']:g} ms", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plot-", suffix=".png")
