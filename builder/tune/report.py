@@ -155,3 +155,24 @@ def _log2_axis(ax: Any, ticks: list[int]) -> None:
     ax.set_xticks(ticks)
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def replot(report_path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Redraw the plot of a saved tune_report.json (e.g. into docs/benchmarks/)."""
+    import json
+
+    from builder.tune.load import LoadResult
+
+    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+
+    def cand(d: dict, has_options: bool) -> Candidate:
+        results = [LoadResult.from_dict({k: v for k, v in r.items() if k != "batching"}) for r in d["results"]]
+        return Candidate(d["label"], BatchingOptions() if has_options else None, results)
+
+    baseline = cand(report["baseline"], False)
+    cands = [cand(c, True) for c in report["candidates"]]
+    chosen = next(c for c in cands if c.label == report["chosen"]["label"])
+    from builder.tune import plan
+
+    shown = [chosen] + [c for c in plan.ranked(cands, report["budget"]["p99_ms"]) if c is not chosen]
+    return write_plot(out, report, shown[:3], baseline, chosen)
