@@ -92,12 +92,8 @@ def build_repo(root: Path) -> Repo:
 def export_facenet_style(root: Path) -> Path:
     """A version written by the builder itself (``builder.export``) from a FaceNet-style TF1
     training checkpoint: queue-fed ``input`` cut away, ``phase_train`` folded."""
-    import sys
-
     from builder.export import pipeline
-
-    sys.path.insert(0, str(PROJECT / "tests"))
-    import models  # the tiny FaceNet-interface checkpoint of the unit tests
+    from tests.helpers import models  # the tiny FaceNet-interface checkpoint of the unit tests
 
     ckpt = models.write_tiny_checkpoint(root.parent / f"{root.name}-facenet-ckpt")
     result = pipeline.export(pipeline.ExportOptions(

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CKPT_ARGS, CKPT_FLAGS, ROOT, run_builder
 
 from builder.core import layout
 from builder.core.errors import GraphError, InputError, ParityError, VersionError
 from builder.export import pipeline
+from tests.helpers import CKPT_ARGS, CKPT_FLAGS, ROOT, run_builder
 
 REQUIRED_KEYS = {"flow", "source", "tensorflow_version", "optimizer", "precision", "signature", "parity",
                  "export_seconds", "reproduce"}

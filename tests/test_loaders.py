@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 
-import models
 import numpy as np
 import pytest
-from conftest import CKPT_FLAGS
 
 from builder.core.errors import GraphError, InputError
 from builder.load import loaders
+from tests.helpers import CKPT_FLAGS, models
 
 
 def _load(path, **kw):

@@ -14,11 +14,24 @@ import secrets
 import shutil
 from pathlib import Path
 
-from builder.core.errors import VersionError
+from builder.core.errors import InputError, VersionError
 
 STAGING_PREFIX = ".staging-"
 
 _VERSION_RE = re.compile(r"^[0-9]+$")
+# A model name is a directory under the repository, the TF Serving model name (REST path
+# /v1/models/NAME) and part of OCI tags: letters, digits, '_', '-', '.', not starting with '.'
+# (hidden and staging directories start with '.') or '-'/'_' (read as flags / OCI-invalid).
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def validate_model_name(name: str, flag: str = "--name") -> str:
+    """The one model-name rule (export, deploy, publish, pull): returns ``name`` or raises an
+    InputError naming the flag."""
+    if not name or not _MODEL_NAME_RE.match(name):
+        raise InputError(f"{flag} {name!r}: use letters, digits, '_', '-', '.' (not starting "
+                         f"with '.'), e.g. {flag} facenet")
+    return name
 
 
 def is_version_name(name: str) -> bool:
