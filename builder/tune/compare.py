@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", default="", help="also write the result here")
     a = p.parse_args(argv)
+    from builder.core import log
     from builder.options import as_int_list
+
+    log.setup()
 
     res = concurrent_clients(a.repo, a.name, a.batching_parameters_file, a.version,
                              tuple(as_int_list(a.concurrency, "--concurrency")), a.seconds, a.rounds)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,15 +46,19 @@ def _local_server_class() -> type:
 
 
 class Progress:
-    """Timestamped progress lines on stderr (stdout stays for the final summary)."""
+    """Timestamped progress lines on the project's log channel (stderr; stdout stays for the
+    final summary)."""
 
     def __init__(self, quiet: bool = False) -> None:
+        from builder.core import log
+
         self.t0 = time.monotonic()
         self.quiet = quiet
+        self._log = log.get(__name__)
 
     def __call__(self, msg: str) -> None:
         if not self.quiet:
-            print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+            self._log.info("[%6.1fs] %s", time.monotonic() - self.t0, msg)
 
     @property
     def elapsed(self) -> float:
@@ -83,7 +86,7 @@ def resolve(repo: str, name: str, version: Any = None, concurrency: Any = DEFAUL
     """Flags -> a checked request; every mistake is one InputError naming the flag."""
     from builder.core import artifact
     from builder.core.layout import list_versions, parse_version
-    from builder.options import as_int_list
+    from builder.options import as_float, as_int_list
 
     if not repo or not name:
         raise InputError("--repo and --name are required: the model repository and the model to tune")
@@ -101,13 +104,8 @@ def resolve(repo: str, name: str, version: Any = None, concurrency: Any = DEFAUL
         raise UnavailableError(f"{vdir}: a TF-TRT artefact runs on a GPU; tune measures on this CPU: "
                                "tune on the GPU host or tune the CPU export")
     levels = tuple(as_int_list(concurrency, "--concurrency")) or DEFAULT_CONCURRENCY
-    try:
-        secs = float(seconds)
-        budget = None if p99_ms in (None, "") else float(p99_ms)
-    except (TypeError, ValueError):
-        raise InputError(f"--seconds {seconds} / --p99_ms {p99_ms}: must be numbers, e.g. --seconds 3") from None
-    if secs <= 0 or (budget is not None and budget <= 0):
-        raise InputError("--seconds and --p99_ms must be positive")
+    secs = as_float(seconds, "--seconds", positive=True, example=3)
+    budget = None if p99_ms in (None, "") else as_float(p99_ms, "--p99_ms", positive=True, example=250)
     out_dir = Path(out) if out else Path(repo) / TUNE_DIR / str(name)
     args = [f"--repo {repo}", f"--name {name}", f"--version {v}"]
     args += [f"--p99_ms {budget:g}"] if budget is not None else []
@@ -376,13 +374,15 @@ def tune_command(repo: str = "", name: str = "", version: Any = None, p99_ms: An
     report = tune(req, Progress(quiet))
     for line in summary_lines(report):
         print(line)
+    from builder.core import log
+
     if not report["chosen"]["met_budget"]:
-        print("warning: no parameter set met the p99 budget; the file holds the closest one "
-              "(raise --p99_ms or lower --concurrency)", file=sys.stderr)
+        log.get(__name__).warning("warning: no parameter set met the p99 budget; the file holds the closest "
+                                  "one (raise --p99_ms or lower --concurrency)")
     if report["no_batching_better"]:
-        print("note: without batching the server served more requests/s within the budget than any "
-              "batching set measured: for this model and load, consider leaving --enable_batching off",
-              file=sys.stderr)
+        log.get(__name__).warning("note: without batching the server served more requests/s within the budget "
+                                  "than any batching set measured: for this model and load, consider leaving "
+                                  "--enable_batching off")
 
 
 def tuned_dir(repo: str | Path, name: str) -> Path:
