@@ -120,8 +120,8 @@ def make_server(kind: str, repo: Repo, extra_flags: tuple[str, ...] = (),
                 file_system_poll_wait_seconds: float = 1) -> ServerHandle:
     """A not-yet-started handle for ``kind``, or pytest.skip with the reason it cannot run."""
     if kind == "local":
-        return ProcessServer(repo.config, extra_flags=(
-            "--batching_parameters_file", str(repo.batching),
+        return ProcessServer(repo.config, extra_flags=(  # the flags ContainerServer gives tensorflow_model_server
+            "--enable_batching", "--batching_parameters_file", str(repo.batching),
             "--monitoring_config_file", str(repo.monitoring), *extra_flags),
             file_system_poll_wait_seconds=file_system_poll_wait_seconds)
     reason = docker_unavailable_reason()

@@ -5,8 +5,9 @@ The real proof is ``tensorflow/serving`` in a container, but many machines (this
 included) have no Docker engine. ``LocalServer`` speaks the same protocols from the same protos,
 takes ``tensorflow_model_server``'s flags and follows its rules (version directories, version
 policies, labels, warmup records run at load, base path and config polling, error codes), so one
-integration suite runs against either backend with the official client. It does not batch across
-requests: a request runs as it comes, at the batch size the client sent.
+integration suite runs against either backend with the official client. Without
+``--enable_batching`` a request runs as it comes, at the batch size the client sent; with it,
+concurrent requests are merged by ``builder.serve.batching`` as TF Serving's BatchingSession does.
 
 This module imports nothing heavy at import time (``python -m builder --help`` imports it).
 """
@@ -26,12 +27,14 @@ from typing import Any
 
 from builder.config.models_config import ModelEntry, parse_model_server_config, read_model_server_config
 from builder.core.errors import ConfigError, InputError, ServingError
+from builder.serve import batching
 from builder.serve.client import GRPC_MAX_MESSAGE_BYTES
 from builder.serve.handles import ServerHandle
 from builder.serve.limits import InflightBytes, Limits
 from builder.serve.manager import ModelManager
 from builder.serve.metrics import Metrics
 from builder.serve.service import ServingCore
+from builder.serve.status import RpcStatus
 
 DEFAULT_REST_MAX_BODY_BYTES = 256 * 1024 * 1024
 
@@ -92,6 +95,7 @@ class LocalServer(ServerHandle):
         echo_log: bool = False,
         limits: Limits | None = None,
         enable_signature_method_name_check: bool = False,
+        enable_batching: bool = False,
     ) -> None:
         """Flags as ``python -m builder serve`` documents them; ``limits`` (if given) sets every
         size/time/thread limit at once, else they come from the individual arguments."""
@@ -110,29 +114,19 @@ class LocalServer(ServerHandle):
         self.log.setLevel(logging.INFO)
         self.log.addHandler(self._log_handler)
         self.metrics_path = self._read_monitoring(monitoring_config_file)
-        self._check_batching(batching_parameters_file)
+        if batching_parameters_file:  # a bad file fails before anything else starts
+            batching.read_options(batching_parameters_file)
         self.expected_entries, self._config_text = _initial_entries(self.model_config_file, model_name,
                                                                    model_base_path)
-        self.manager = ModelManager(self.log, enable_model_warmup, enable_signature_method_name_check)
+        self.batcher = batching.from_flags(enable_batching, batching_parameters_file, self.log, RpcStatus)
+        self.manager = ModelManager(self.log, enable_model_warmup, enable_signature_method_name_check,
+                                    batcher=self.batcher)
         self.metrics = Metrics()
         self.core = ServingCore(self.manager, self.metrics, InflightBytes(self.limits.max_inflight_request_bytes))
         self._grpc: Any = None
         self._http: Any = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
-
-    def _check_batching(self, batching_parameters_file: str | os.PathLike) -> None:
-        if not batching_parameters_file:
-            return
-        from builder.config.companions import parse_batching_parameters
-
-        try:
-            text = Path(batching_parameters_file).read_text(encoding="utf-8")
-        except OSError as e:
-            raise InputError(f"--batching_parameters_file {batching_parameters_file}: cannot read ({e})") from None
-        parse_batching_parameters(text, str(batching_parameters_file))
-        self.log.info("batching parameters in %s parsed; the local server runs each request "
-                      "at the batch size sent (no cross-request batching)", batching_parameters_file)
 
     def _read_monitoring(self, path: str | os.PathLike) -> str | None:
         if not path:
@@ -153,6 +147,8 @@ class LocalServer(ServerHandle):
         errors = self.manager.apply_config(self.expected_entries)
         if errors:
             self.manager.shutdown()
+            if self.batcher is not None:
+                self.batcher.stop()
             if not self._log_handler.echo:
                 self.print_log()
             raise ServingError("models failed to load at startup: " + "; ".join(errors))
@@ -252,6 +248,8 @@ class LocalServer(ServerHandle):
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
+        if self.batcher is not None:  # run what was queued, end the batch threads
+            self.batcher.stop()
         self.manager.shutdown()
 
 
@@ -316,9 +314,13 @@ def serve_command(
             method_name is classify/regress (TF Serving's flag; off by default there too).
         monitoring_config_file: MonitoringConfig text proto; with prometheus_config.enable the
             REST port also serves request metrics at prometheus_config.path.
-        batching_parameters_file: BatchingParameters text proto; parsed and checked as TF
-            Serving would, but the local server does not batch across requests.
-        enable_batching: accepted for flag compatibility with tensorflow_model_server.
+        batching_parameters_file: BatchingParameters text proto (max_batch_size,
+            batch_timeout_micros, num_batch_threads, max_enqueued_batches, allowed_batch_sizes,
+            pad_variable_length_inputs, ...); used with --enable_batching. Without it the file
+            is only checked (tensorflow_model_server refuses to start then).
+        enable_batching: merge concurrent requests to the same model version and signature into
+            batches, as tensorflow_model_server --enable_batching does (TF Serving's defaults
+            when no --batching_parameters_file is given).
         host: address to bind; 127.0.0.1 by default (0.0.0.0 listens on all interfaces).
     """
     _run_until_signalled(_server_from_flags(dict(locals())))
@@ -358,6 +360,7 @@ def _server_from_flags(f: dict[str, Any]) -> LocalServer:
         limits=limits,
         enable_signature_method_name_check=as_bool(f["enable_signature_method_name_check"],
                                                    "--enable_signature_method_name_check"),
+        enable_batching=as_bool(f["enable_batching"], "--enable_batching"),
     )
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from builder.config.models_config import ModelEntry
+from builder.serve.batching import SharedBatchScheduler
 from builder.serve.servable import Servable
 from builder.serve.status import RpcStatus
 
@@ -40,8 +41,10 @@ class ModelManager:
     availability-preserving policy: new versions load before old ones unload, so "latest"
     requests always find a version during a roll."""
 
-    def __init__(self, log: logging.Logger, enable_warmup: bool = True, method_check: bool = False) -> None:
+    def __init__(self, log: logging.Logger, enable_warmup: bool = True, method_check: bool = False,
+                 batcher: SharedBatchScheduler | None = None) -> None:
         self.log = log
+        self.batcher = batcher  # builder.serve.batching scheduler shared by every version (None: off)
         self.enable_warmup = enable_warmup
         self.method_check = method_check
         self._lock = threading.Lock()  # guards the maps below; never held while loading
@@ -179,6 +182,7 @@ class ModelManager:
         self.log.info("Loading servable version {name: %s version: %d}", name, version)
         t0 = time.monotonic()
         s = Servable(name, version, path, self.log, self.method_check)
+        s.batcher = self.batcher  # before load: warmup runs through the batcher, as in TF Serving
         try:
             s.load(self.enable_warmup)
         except RpcStatus as e:
