@@ -102,7 +102,7 @@ def resolve(repo: str, name: str, version: Any = None, concurrency: Any = DEFAUL
             signature: str = "serving_default") -> TuneRequest:
     """Flags -> a checked request; every mistake is one InputError naming the flag."""
     from builder.core import artifact
-    from builder.core.layout import list_versions, parse_version
+    from builder.core.layout import list_versions, parse_version, version_dir
     from builder.options import as_float, as_int_list
 
     if not repo or not name:
@@ -115,7 +115,7 @@ def resolve(repo: str, name: str, version: Any = None, concurrency: Any = DEFAUL
     v = versions[-1] if v is None else v
     if v not in versions:
         raise InputError(f"--version {version}: not a version of {model_dir} (has {versions})")
-    vdir = model_dir / str(v)
+    vdir = version_dir(repo, str(name), v)  # TF Serving's rule: 00000123 is version 123
     info = artifact.read_build_info(vdir) or {}
     if info.get("optimizer") == "tftrt":
         raise UnavailableError(f"{vdir}: a TF-TRT artefact runs on a GPU; tune measures on this CPU: "
