@@ -14,7 +14,7 @@ import pytest
 from builder.bench import benchmark, candidates, measure, report, runners
 from builder.core.errors import GraphError, InputError, ServingError
 from builder.export import pipeline
-from builder.serve.server import LocalServer
+from builder.serve.local import LocalServer
 from tests.helpers import CKPT_FLAGS, models, run_builder
 
 LOADER_FLAGS = dict(inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},

@@ -19,7 +19,7 @@ from builder.config import companions
 from builder.core.errors import ConfigError
 from builder.serve import batching
 from builder.serve.batching import BatchingError, BatchingOptions, SharedBatchScheduler, split_sizes
-from builder.serve.server import LocalServer
+from builder.serve.local import LocalServer
 from integration_tests.fixture_models import build_toy_version, sample_inputs, toy_reference, write_models_config
 
 # ---------------------------------------------------------------------------------------------
@@ -575,7 +575,7 @@ def test_splitting_refuses_what_the_queue_cannot_hold_with_tf_servings_wording(t
 def test_serve_command_enable_batching_flag_end_to_end(repo, tmp_path):
     """`python -m builder serve --enable_batching --batching_parameters_file F` (a child process,
     flags as tensorflow_model_server takes them) batches concurrent gRPC clients."""
-    from builder.serve.server import ProcessServer
+    from builder.serve.handles import ProcessServer
 
     cfg = write_models_config(tmp_path / "models.config", [{"name": "toy", "base_path": repo / "toy"}])
     params = tmp_path / "batching_parameters.txt"

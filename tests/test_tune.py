@@ -139,7 +139,7 @@ def toy_repo(tmp_path_factory) -> Path:
 
 
 def test_closed_loop_clients_in_a_child_process_measure_a_real_server(toy_repo, tmp_path):
-    from builder.serve.server import LocalServer
+    from builder.serve.local import LocalServer
 
     cfg = write_models_config(tmp_path / "models.config", [{"name": "toy", "base_path": toy_repo / "toy"}])
     model = profile.load_model(toy_repo / "toy" / "1")

@@ -235,10 +235,8 @@ def classify_request(model: str, examples: Iterable[Any], *, context: Any = None
     """A ``ClassificationRequest``; ``examples``: tf.train.Example protos or feature dicts."""
     from tensorflow_serving.apis import classification_pb2
 
-    req = classification_pb2.ClassificationRequest()
-    _spec(req.model_spec, model, version, label, signature)
-    _fill_input(req.input, examples, context)
-    return req
+    return _examples_request(classification_pb2.ClassificationRequest(), model, examples, context, version,
+                             label, signature)
 
 
 def regress_request(model: str, examples: Iterable[Any], *, context: Any = None, version: int | None = None,
@@ -246,7 +244,11 @@ def regress_request(model: str, examples: Iterable[Any], *, context: Any = None,
     """A ``RegressionRequest`` (same arguments as ``classify_request``)."""
     from tensorflow_serving.apis import regression_pb2
 
-    req = regression_pb2.RegressionRequest()
+    return _examples_request(regression_pb2.RegressionRequest(), model, examples, context, version, label, signature)
+
+
+def _examples_request(req: Any, model: str, examples: Iterable[Any], context: Any, version: int | None,
+                      label: str | None, signature: str) -> Any:
     _spec(req.model_spec, model, version, label, signature)
     _fill_input(req.input, examples, context)
     return req
