@@ -2,9 +2,10 @@
 a batching_parameters.txt, and the model alone in-process at that file's batch size - interleaved
 rounds in one run, so a change in machine load hits all three alike.
 
-This is the "concurrent clients" mode of the benchmark (N closed-loop clients, one row per
-request, gRPC on loopback); ``builder.bench`` can call ``concurrent_clients`` and put the rows in
-its own tables. ``python -m builder.tune.compare`` runs it from a shell.
+This is the measurement of the benchmark's concurrent-clients mode (N closed-loop clients, one
+row per request, gRPC on loopback): ``python -m builder benchmark --concurrent_clients ...``
+(``builder.bench.concurrent``) calls ``concurrent_clients``; ``python -m builder.tune.compare``
+runs it with its own flags.
 """
 
 from __future__ import annotations
