@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("builder.publish.api", "verify_command"),
     "deploy": ("builder.deploy.command", "deploy_command"),
     "benchmark": ("builder.bench.benchmark", "benchmark_command"),
+    "tune": ("builder.tune.tuner", "tune_command"),
 }
 
 

@@ -123,8 +123,8 @@ def make_server(kind: str, repo: Repo, extra_flags: tuple[str, ...] = (),
     image does: the repository's first config holds labels, which TF Serving checks before
     any model loads."""
     if kind == "local":
-        return ProcessServer(repo.config, extra_flags=(
-            "--batching_parameters_file", str(repo.batching),
+        return ProcessServer(repo.config, extra_flags=(  # the flags ContainerServer gives tensorflow_model_server
+            "--enable_batching", "--batching_parameters_file", str(repo.batching),
             "--monitoring_config_file", str(repo.monitoring),
             "--allow_version_labels_for_unavailable_models", "true", *extra_flags),
             file_system_poll_wait_seconds=file_system_poll_wait_seconds)

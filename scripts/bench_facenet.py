@@ -183,7 +183,8 @@ def _serve_and_benchmark(args: argparse.Namespace, example: Path, repo: Path, lo
                          docs: Path, basename: str, image: int) -> dict:
     """``python -m builder serve`` on the plain export, then ``python -m builder benchmark``
     over every candidate plus gRPC through that server; returns the benchmark's own cost."""
-    from builder.serve.server import ModelEntry, ProcessServer, model_server_config_text
+    from builder.config.models_config import ModelEntry, model_server_config_text
+    from builder.serve.handles import ProcessServer
 
     config = Path(args.work).resolve() / "models.config"
     config.write_text(model_server_config_text([ModelEntry("facenet", str(repo / "facenet"))]))

@@ -14,7 +14,7 @@ import pytest
 from builder.bench import benchmark, candidates, measure, report, runners
 from builder.core.errors import GraphError, InputError, ServingError
 from builder.export import pipeline
-from builder.serve.server import LocalServer
+from builder.serve.local import LocalServer
 from tests.helpers import CKPT_FLAGS, models, run_builder
 
 LOADER_FLAGS = dict(inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},
@@ -98,6 +98,7 @@ def test_cli_accepts_positional_and_comma_list_candidates(tiny_ckpt, repo, tmp_p
     ("={ckpt}", "empty label"),
     ("x=", "nothing after '='"),
     ("r=rest:http://host/v1/models/", "not a REST address"),
+    ("r=https://host:8501/v1/models/toy", "https is not supported"),
     ("e=export:{ckpt}", "neither a version directory"),
 ])
 def test_bad_specs_are_one_line_input_errors(spec, message, tiny_ckpt):
@@ -351,3 +352,120 @@ def test_cli_benchmark_writes_the_table(tiny_ckpt, repo, tmp_path):
     assert [c["label"] for c in data["candidates"]] == ["checkpoint", "export"]
     assert data["command"].startswith("python -m builder benchmark")
     _png_size((out / "t.png").read_bytes())
+
+
+# --------------------------------------------------------------------------- Classify / Regress
+
+
+@pytest.fixture(scope="module")
+def example_server(tmp_path_factory):
+    """census/1: a tf.Example model with classify (serving_default) and regress signatures."""
+    from integration_tests.fixture_models import build_example_model
+
+    root = tmp_path_factory.mktemp("bench_examples")
+    build_example_model(root, "census", 1, warmup=False)
+    with LocalServer(model_name="census", model_base_path=root / "census", file_system_poll_wait_seconds=0) as s:
+        s.wait_until_ready(60)
+        yield root, s
+
+
+@pytest.mark.parametrize(("signature", "api", "outputs"), [
+    ("serving_default", "classify", ["classes", "scores"]),
+    ("regress", "regress", ["outputs"]),
+])
+def test_classify_and_regress_signatures_are_benchmarked_through_their_apis(example_server, signature, api,
+                                                                            outputs):
+    """A server candidate whose signature is a classifier/regressor is called with Classify /
+    Regress (gRPC and REST); the inputs are tf.Examples synthesised from the export's ParseExample
+    specs, and the answers equal the in-process run of the same signature."""
+    root, server = example_server
+    o = candidates.BenchOptions(
+        candidates=candidates.parse_candidates([f"export={root / 'census' / '1'}", f"grpc=grpc:{server.grpc_target}",
+                                                f"rest={server.rest_url}"]),
+        batch_sizes=[1, 3], warmup=1, repeats=1, runs=2, gemm_size=0, flops=False, quiet=True, signature=signature)
+    d = benchmark.run_benchmark(o)
+    cands = {c["label"]: c for c in d["candidates"]}
+    for label in ("grpc", "rest"):
+        assert cands[label]["api"] == api
+        assert f" {api.capitalize()}, request encoded once" in cands[label]["runs_as"]
+        for b in (1, 3):
+            row = _row(d, label, b)
+            assert row["runs"] == 2
+            assert row["accuracy"]["max_abs_diff"] == 0.0, row["accuracy"]
+            assert sorted(row["accuracy"]["outputs"]) == outputs
+    assert d["settings"]["compared_outputs"] == outputs
+
+
+def test_classify_signature_without_examples_names_the_fix(example_server, tmp_path):
+    """Server candidates alone cannot invent tf.Examples: the error says to pass --samples."""
+    root, server = example_server
+    o = _options([f"grpc=grpc:{server.grpc_target}/census"], signature="serving_default", gemm_size=0,
+                 batch_sizes=[1], repeats=1, runs=1)
+    with pytest.raises(InputError, match="takes serialized tf.Examples.*--samples"):
+        benchmark.run_benchmark(o)
+
+
+# --------------------------------------------------------------------------- concurrent clients
+
+
+def test_concurrent_clients_mode_compares_batching_on_a_tiny_model(repo, tmp_path):
+    """--concurrent_clients: the exported toy through two real local servers (no batching, a
+    batching file), closed-loop clients in a child process, the model alone in-process; every
+    level has both servers' numbers and ratios, and the outputs are written."""
+    from builder.bench import concurrent
+    from builder.config import companions
+
+    params = tmp_path / "batching_parameters.txt"
+    params.write_text(companions.batching_parameters_text([2, 4], batch_timeout_micros=2000, num_batch_threads=1))
+    o = candidates.BenchOptions(candidates=candidates.parse_candidates([str(repo / "toy")]), concurrent_clients=[1, 3],
+                                batching_parameters_file=str(params), seconds=0.4, repeats=1, quiet=True)
+    candidates.validate(o)
+    said: list[str] = []
+    doc = concurrent.run(o, said.append, "python -m builder benchmark --concurrent_clients 1,3 ...")
+    assert [lv["concurrency"] for lv in doc["levels"]] == [1, 3]
+    for lv in doc["levels"]:
+        for k in ("no_batching", "batching"):
+            assert lv[k]["rps"] > 0 and lv[k]["errors"] == 0
+            assert lv[k]["p50_ms"] <= lv[k]["p99_ms"]
+        assert lv["speedup"] == pytest.approx(lv["batching"]["rps"] / lv["no_batching"]["rps"], rel=1e-2)
+    assert doc["execution_batch_size"] == 4 and doc["in_process_images_per_s"] > 0
+    assert doc["batching_parameters_origin"] == "--batching_parameters_file"
+    assert "max_batch_size=4" in doc["batching"]
+    assert any("round 1/1 batching" in line for line in said)  # progress per round
+    md = concurrent.render_markdown(doc)
+    assert "| 3 |" in md and "batching req/s" in md and doc["cpu_summary"] in md
+    written = concurrent.write_outputs(doc, tmp_path / "out", "cc")
+    assert [p.name for p in written] == ["cc.json", "cc.md"]
+    assert json.loads(written[0].read_text())["levels"][1]["concurrency"] == 3
+
+
+@pytest.mark.parametrize(("specs", "clients", "params", "message"), [
+    (["{ckpt}"], "4", None, "pass exactly one REPO/NAME"),
+    (["{repo}/toy", "{repo}/toy/1"], "4", None, "pass exactly one REPO/NAME"),
+    (["{repo}/toy"], "4", "/no/such/file", "no such file"),
+    (["{repo}/toy"], "0", None, "--concurrent_clients 0 must be positive"),
+    (["{repo}/toy"], "4", None, "no tuned batching file for toy.*python -m builder tune"),
+])
+def test_concurrent_clients_mode_refuses_what_it_cannot_measure(specs, clients, params, message, repo, tiny_ckpt,
+                                                                 tmp_path):
+    specs = [f"c{i}={s.format(ckpt=tiny_ckpt, repo=repo)}" for i, s in enumerate(specs)]
+    with pytest.raises(InputError, match=message):
+        benchmark.benchmark_command(*specs, concurrent_clients=clients, batching_parameters_file=params,
+                                    out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_cli_concurrent_clients_mode_end_to_end(repo, tmp_path):
+    from builder.config import companions
+
+    params = tmp_path / "batching_parameters.txt"
+    params.write_text(companions.batching_parameters_text([2, 4], batch_timeout_micros=2000, num_batch_threads=1))
+    out = tmp_path / "out"
+    r = run_builder("benchmark", str(repo / "toy"), "--concurrent_clients", "2", "--batching_parameters_file",
+                    str(params), "--seconds", "0.3", "--repeats", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "| 2 |" in r.stdout and f"wrote {out / 'concurrent_clients.md'}" in r.stdout
+    assert "round 1/1 no_batching" in r.stderr  # progress on stderr
+    data = json.loads((out / "concurrent_clients.json").read_text())
+    assert data["command"].startswith("python -m builder benchmark") and "--concurrent_clients" in data["command"]

@@ -366,7 +366,7 @@ def test_probe_and_metrics_paths_answer_on_a_serving_server(repos, tmp_path):
     import urllib.error
     import urllib.request
 
-    from builder.serve.server import LocalServer
+    from builder.serve.local import LocalServer
 
     p = plan.plan(plan.DeployOptions(target="kubernetes", name="tiny", base_path="gs://bucket/models/tiny",
                                    repo=str(repos["plain"])))

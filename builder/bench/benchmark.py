@@ -28,9 +28,17 @@ ratio), the accuracy delta against the first candidate on the same inputs (max a
 cosine), and for in-process candidates the fraction of the machine's FP32 matrix-multiply
 throughput reached (model FLOPs from TensorFlow's profiler, GEMM measured in the same run).
 
-Modules: ``candidates`` (specs and settings), ``runners`` (loaded candidates and the TF Serving
-client), ``measure`` (timing, statistics, the machine), ``report`` (Markdown, PNG, JSON); this
-one runs the benchmark in named steps and is the ``benchmark`` command.
+Server candidates whose signature is a classifier or regressor are called through Classify /
+Regress (what their clients use), with tf.Examples synthesised from an in-process candidate's
+ParseExample specs or read from ``--samples``.
+
+``--concurrent_clients 1,4,16`` is a second mode (``concurrent``): one exported version through
+local servers with and without server-side batching, under N closed-loop one-row clients.
+
+Modules: ``candidates`` (specs and settings), ``runners`` (loaded candidates; the TF Serving
+client is ``builder.serve.client``), ``measure`` (timing, statistics, the machine), ``report``
+(Markdown, PNG, JSON), ``concurrent`` (the concurrent-clients mode); this one runs the benchmark
+in named steps and is the ``benchmark`` command.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,14 +114,29 @@ def _check_signatures(runners: list[Runner], samples: dict[str, np.ndarray]) -> 
 
 
 def _make_samples(runners: list[Runner], o: BenchOptions) -> dict[str, np.ndarray]:
+    """``--samples``, else inputs synthesised from a signature - from an in-process candidate's
+    when one has string inputs, so serialized tf.Examples match the graph's ParseExample specs
+    (a classify/regress signature gets examples its server parses)."""
     from builder.export import parity
 
     ref = next((r for r in runners if r.inputs), None)
     if ref is None or ref.inputs is None:
         raise InputError("no candidate tells its input signature: pass --samples FILE.npz")
     if o.samples:
-        return parity.load_samples(o.samples, ref.inputs)
-    return parity.generate_samples(ref.inputs, max(o.batch_sizes), o.seed)
+        return parity.load_samples(o.samples, ref.inputs, o.signature)
+    graph = next((r for r in runners if r.graph_def is not None and r.inputs
+                  and any(t.dtype == "string" for t in r.inputs)), None)
+    if graph is None or graph.inputs is None:
+        return parity.generate_samples(ref.inputs, max(o.batch_sizes), o.seed)
+    from types import SimpleNamespace
+
+    from builder.core.model import Signature
+    from builder.export import samples
+
+    sig = Signature(o.signature, "", list(graph.inputs), [])
+    where = Path(graph.spec.target) if graph.spec.kind == "export" else None
+    hints = samples.graph_hints(SimpleNamespace(graph_def=graph.graph_def), {o.signature: sig}, where)
+    return parity.generate_samples(graph.inputs, max(o.batch_sizes), o.seed, hints)
 
 
 def _gemm(o: BenchOptions, runners: list[Runner]) -> dict[str, Any] | None:
@@ -277,6 +301,17 @@ def run_benchmark(o: BenchOptions) -> dict[str, Any]:
                 pass
 
 
+def _concurrent_mode(o: BenchOptions) -> None:
+    """``--concurrent_clients``: print the table, write JSON + Markdown into ``--out``."""
+    from builder.bench import concurrent
+
+    doc = concurrent.run(o, lambda text: _say(o, text), _command_line())
+    print(concurrent.render_markdown(doc), end="")
+    if o.out:
+        for p in concurrent.write_outputs(doc, o.out, o.basename):
+            print(f"wrote {p}")
+
+
 def _command_line() -> str:
     argv = sys.argv
     if argv and argv[0].endswith("__main__.py"):
@@ -316,6 +351,8 @@ def benchmark_command(
     out: str | None = None,
     basename: str | None = None,
     server_pids: Any = None,
+    concurrent_clients: Any = None,
+    batching_parameters_file: str | None = None,
 ) -> None:
     """Benchmark candidates side by side: latency, throughput, speedup and accuracy delta vs the
     first candidate, per batch size; writes JSON, a Markdown table and a PNG plot.
@@ -345,7 +382,8 @@ def benchmark_command(
         the first export candidate's build_info.json).
       model_version: Version for server candidates that do not name one (default: latest).
       concurrency: Client threads per server candidate (in-process candidates run one at a
-        time). Default 1.
+        time), each sending the batch-size requests of the table. Default 1. (Many one-row
+        clients against a server with and without batching: --concurrent_clients.)
       batch_sizes: Batch sizes, e.g. 1,8,100.
       warmup: Untimed runs per candidate and batch size before timing (at least 1 is always run,
         untimed, to capture outputs for the accuracy delta). Default 2.
@@ -373,6 +411,15 @@ def benchmark_command(
       basename: Name the outputs BASENAME.json/.md/.png instead.
       server_pids: Process ids of local servers under test (comma separated); their CPU time
         is reported as the servers', not as background load from other processes.
+      concurrent_clients: The concurrent-clients mode instead of the batch-size table: comma list
+        of client counts, e.g. 1,4,16. Takes one exported version (REPO/NAME[/VERSION]), serves it
+        from two local servers side by side - without batching and with
+        --batching_parameters_file - and drives both with that many closed-loop gRPC clients
+        sending one row each; the model alone in-process at the file's batch size is the ceiling.
+        --seconds (default 5) is the time per level and server, --repeats the rounds. Writes
+        concurrent_clients.json/.md (or BASENAME.*) into --out.
+      batching_parameters_file: With --concurrent_clients: the batching file to compare (default:
+        the one `python -m builder tune` wrote, REPO/.tune/NAME/batching_parameters.txt).
     """
     specs = [*as_list(list(positional), "candidates"), *as_list(candidates, "--candidates")]
     mv = None if model_version is None else as_int(model_version, "--model_version", minimum=1)
@@ -401,8 +448,13 @@ def benchmark_command(
         out=str(out) if out else None,
         basename=str(basename) if basename else None,
         server_pids=as_int_list(server_pids, "--server_pids"),
+        concurrent_clients=as_int_list(concurrent_clients, "--concurrent_clients"),
+        batching_parameters_file=str(batching_parameters_file) if batching_parameters_file else None,
     )
     validate(o)
+    if o.concurrent_clients:
+        _concurrent_mode(o)
+        return
     doc = run_benchmark(o)
     _jname, _mname, pname = output_names(o.basename)
     print(render_markdown(doc, pname if o.out else None))

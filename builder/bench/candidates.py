@@ -132,6 +132,9 @@ def _parse_server(spec: CandidateSpec, kind: str | None, flag: str, shown: str) 
         if not target.startswith(("http://", "https://")):
             target = "http://" + target
         spec.kind = "rest"
+        if target.startswith("https://"):
+            raise InputError(f"{flag} {shown!r}: https is not supported (TF Serving's REST API is plain "
+                             "HTTP): write http://HOST:PORT, or benchmark over gRPC")
         m = _REST_MODEL_RE.match(target)
         if m:
             target, spec.model_name = m.group(1), m.group(2)
@@ -258,6 +261,8 @@ class BenchOptions:
     basename: str | None = None
     quiet: bool = False
     server_pids: list[int] = field(default_factory=list)  # their CPU is not "background load"
+    concurrent_clients: list[int] = field(default_factory=list)  # the concurrent-clients mode (bench.concurrent)
+    batching_parameters_file: str | None = None  # its batching file (default: the tuned one)
 
     def timed_runs(self) -> int | None:
         if self.runs is None and self.seconds is None:
@@ -289,3 +294,6 @@ def validate(o: BenchOptions) -> None:
 
     for k, v in o.input_shapes.items():
         loaders.parse_shape(v, f"--input_shapes {k}")
+    from builder.bench import concurrent
+
+    concurrent.check(o)

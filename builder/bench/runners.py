@@ -2,10 +2,12 @@
 
 - ``SourceRunner``: the ORIGINAL model as the user ran it (``NormalizedModel.run_source``);
 - ``SavedModelRunner``: an exported version, loaded with the TF1 loader TF Serving uses;
-- ``ServerRunner``: a running TF Serving (or ``python -m builder serve``) over gRPC or REST.
+- ``ServerRunner``: a running TF Serving (or ``python -m builder serve``) over gRPC or REST,
+  through Predict, or Classify / Regress where the signature's method is classify / regress.
 
-All TF Serving protocol code sits behind :func:`serving_client` (one switch point), so the bench
-can move to the shared client in ``builder.serve.client`` without touching the runners.
+The protocol code is ``builder.serve.client`` (the project's one TF Serving client);
+:func:`serving_client` only adapts it to a candidate (encode once, timed call, errors naming the
+candidate).
 
 Errors that already name their candidate are typed (``CandidateInputError``,
 ``CandidateServingError``); :func:`open_runner` prefixes every other user error with the
@@ -24,8 +26,6 @@ from builder.bench.candidates import SOURCE_KINDS, BenchOptions, CandidateSpec
 from builder.core import artifact
 from builder.core.errors import BuilderError, InputError, ServingError, first_line
 from builder.core.model import TensorInfo
-
-GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 class CandidateInputError(InputError):
@@ -145,25 +145,76 @@ class SavedModelRunner(Runner):
 # --------------------------------------------------------------------------- TF Serving clients
 
 
-class _GrpcClient:
-    """PredictionService over gRPC with the official stubs; request protos built per batch."""
+def _api(sig: Any) -> str:
+    """The PredictionService method a signature is served by: Classify / Regress for classify /
+    regress signatures (what their clients call), Predict for everything else."""
+    from builder.serve.client import CLASSIFY, REGRESS
+
+    return {CLASSIFY: "classify", REGRESS: "regress"}.get(sig.method_name, "predict")
+
+
+class _Protocol:
+    """What a server candidate needs from a TF Serving client: the signature map, a batch encoded
+    once (encoding is not timed), a timed call that decodes the answer to arrays by alias."""
+
+    protocol = ""
+    spec: CandidateSpec
+    timeout: float
+    api = "predict"
+    sig: Any = None
+
+    def use(self, sig: Any) -> None:
+        """Serve requests for ``sig`` (Predict, or Classify/Regress by its method name)."""
+        self.sig, self.api = sig, _api(sig)
+
+    @property
+    def runs_as(self) -> str:
+        method = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}[self.api]
+        return f"{self.protocol} {method}, request encoded once per batch size"
+
+    def examples(self, batch: dict[str, np.ndarray]) -> list[Any]:
+        """The batch's serialized tf.Examples (the one string input of a classify/regress
+        signature) as protos, for the Classify/Regress request."""
+        from tensorflow.core.example import example_pb2
+
+        (arr,) = batch.values()
+        try:
+            return [example_pb2.Example.FromString(bytes(b)) for b in np.asarray(arr).reshape(-1)]
+        except Exception:  # noqa: BLE001 - protobuf raises DecodeError subclasses
+            raise CandidateInputError(
+                f"candidate {self.spec.spec!r}: a {self.api} signature takes serialized tf.Examples; "
+                "the benchmark inputs are not: pass --samples (e.g. VERSION/assets.extra/golden.npz) or "
+                "add an export candidate so they are synthesised from its ParseExample specs") from None
+
+    def decode_inference(self, rows: list) -> dict[str, np.ndarray]:
+        """Classify rows ``[[(label, score), ...], ...]`` or Regress values -> arrays shaped as the
+        signature's outputs (what Session.run returns in-process, so accuracy compares them)."""
+        if self.api == "regress":
+            values = np.asarray(rows, dtype=np.float32)
+            dims = self.sig.outputs["outputs"].tensor_shape.dim
+            return {"outputs": values.reshape(-1, 1) if len(dims) == 2 else values}
+        out = {}
+        if "classes" in self.sig.outputs:
+            labels = [[(lab.encode() if isinstance(lab, str) else lab) for lab, _ in row] for row in rows]
+            out["classes"] = np.array(labels, dtype=object)
+        if "scores" in self.sig.outputs:
+            out["scores"] = np.array([[score for _, score in row] for row in rows], dtype=np.float32)
+        return out
+
+    def fail(self, what: str) -> CandidateServingError:
+        return CandidateServingError(f"candidate {self.spec.spec!r}: {what}")
+
+
+class _Grpc(_Protocol):
+    """``PredictionService`` over gRPC (``builder.serve.client.GrpcClient``, official stubs)."""
 
     protocol = "gRPC"
-    runs_as = "PredictionService.Predict, request built once per batch size"
 
     def __init__(self, spec: CandidateSpec, o: BenchOptions) -> None:
-        import grpc
-        from tensorflow_serving.apis import model_pb2, prediction_service_pb2_grpc
+        from builder.serve.client import GRPC_MAX_MESSAGE_BYTES, GrpcClient
 
-        self.spec, self.timeout = spec, o.timeout
-        self.channel = grpc.insecure_channel(spec.target, options=[
-            ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
-        ])
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.model_spec = model_pb2.ModelSpec(name=spec.model_name or "", signature_name=o.signature)
-        if spec.model_version:
-            self.model_spec.version.value = spec.model_version
+        self.spec, self.timeout, self.signature = spec, o.timeout, o.signature
+        self.client = GrpcClient(spec.target, max_message_bytes=GRPC_MAX_MESSAGE_BYTES, timeout=o.timeout)
 
     def metadata(self) -> tuple[Any, dict[str, Any]]:
         """(SignatureDefMap, extra details such as the served version)."""
@@ -171,118 +222,124 @@ class _GrpcClient:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         spec = self.spec
-        req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        req.model_spec.CopyFrom(self.model_spec)
         try:
-            resp = self.stub.GetModelMetadata(req, timeout=min(30.0, self.timeout))
+            resp = self.client.metadata(spec.model_name or "", spec.model_version, timeout=min(30.0, self.timeout))
         except grpc.RpcError as e:
-            raise CandidateServingError(
-                f"candidate {spec.spec!r}: gRPC {spec.target} model {spec.model_name!r}: "
-                f"{e.code().name} {e.details() or ''}".rstrip()
-                + ": start the server (python -m builder serve) or fix the address/--model_name"
-            ) from None
+            raise self.fail(f"gRPC {spec.target} model {spec.model_name!r}: {e.code().name} "
+                            f"{e.details() or ''}".rstrip()
+                            + ": start the server (python -m builder serve) or fix the address/--model_name") from None
         sdm = get_model_metadata_pb2.SignatureDefMap()
         resp.metadata["signature_def"].Unpack(sdm)
         return sdm, {"served_version": int(resp.model_spec.version.value)}
 
     def encode(self, batch: dict[str, np.ndarray]) -> Any:
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
+        from builder.serve import client
 
-        req = predict_pb2.PredictRequest()
-        req.model_spec.CopyFrom(self.model_spec)
-        for k, v in batch.items():
-            req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
-        return req
+        kw = {"version": self.spec.model_version, "signature": self.signature}
+        name = self.spec.model_name or ""
+        if self.api == "classify":
+            return client.classify_request(name, self.examples(batch), **kw)
+        if self.api == "regress":
+            return client.regress_request(name, self.examples(batch), **kw)
+        return client.predict_request(name, batch, **kw)
 
-    def predict(self, prepared: Any, output_aliases: list[str]) -> dict[str, np.ndarray]:
+    def call(self, prepared: Any) -> dict[str, np.ndarray]:
         import grpc
-        import tensorflow as tf
+
+        from builder.serve.client import classifications, outputs
 
         try:
-            resp = self.stub.Predict(prepared, timeout=self.timeout)
+            resp = self.client.send(prepared, timeout=self.timeout)
         except grpc.RpcError as e:
             details = (e.details() or "").splitlines()[0] if e.details() else ""
-            raise CandidateServingError(f"candidate {self.spec.spec!r}: Predict failed: "
-                                        f"{e.code().name} {details}") from None
-        return {k: tf.make_ndarray(v) for k, v in resp.outputs.items()}
+            raise self.fail(f"{self.api.capitalize()} failed: {e.code().name} {details}") from None
+        if self.api == "classify":
+            return self.decode_inference(classifications(resp.result))
+        if self.api == "regress":
+            return self.decode_inference([r.value for r in resp.result.regressions])
+        return outputs(resp)
 
     def close(self) -> None:
-        self.channel.close()
+        self.client.close()
 
 
-class _RestClient:
-    """``POST /v1/models/NAME[/versions/V]:predict`` with a columnar JSON body encoded per batch;
-    one keep-alive session per client thread."""
+class _Rest(_Protocol):
+    """TF Serving's REST API (``builder.serve.client.RestClient``): ``:predict`` with a columnar
+    JSON body, ``:classify`` / ``:regress`` with ``examples``; one keep-alive connection per client
+    thread."""
 
     protocol = "REST"
-    runs_as = "POST :predict with a JSON body encoded once per batch size"
 
     def __init__(self, spec: CandidateSpec, o: BenchOptions) -> None:
+        from builder.serve.client import model_path
+
         self.spec, self.timeout, self.signature = spec, o.timeout, o.signature
-        self.path = f"/v1/models/{spec.model_name}"
-        if spec.model_version:
-            self.path += f"/versions/{spec.model_version}"
-        self.url = spec.target + self.path + ":predict"
+        self.path = model_path(spec.model_name or "", spec.model_version)
         self.local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _client(self) -> Any:
+        from builder.serve.client import RestClient
+
+        c = getattr(self.local, "client", None)
+        if c is None:
+            c = self.local.client = RestClient(self.spec.target, timeout=self.timeout)
+            with self._lock:
+                self._clients.append(c)
+        return c
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        try:
+            return self._client().request(method, path, body)
+        except (OSError, ValueError) as e:  # refused, reset, timed out; a body that is not JSON
+            raise self.fail(f"REST {self.spec.target}{path}: {type(e).__name__}: {first_line(e) or 'no answer'}: "
+                            "start the server or fix the URL") from None
 
     def metadata(self) -> tuple[Any, dict[str, Any]]:
-        import requests
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        spec, where = self.spec, self.spec.target + self.path
-        try:
-            r = requests.get(where + "/metadata", timeout=min(30.0, self.timeout))
-        except requests.RequestException as e:
-            raise CandidateServingError(f"candidate {spec.spec!r}: REST {spec.target}: cannot "
-                                        f"connect ({type(e).__name__}): start the server or fix "
-                                        "the URL") from None
-        if r.status_code != 200:
-            raise CandidateServingError(f"candidate {spec.spec!r}: REST {where}/metadata answered "
-                                        f"{r.status_code} {r.text[:200].strip()}: check --model_name")
+        where = self.path + "/metadata"
+        status, got = self._request("GET", where)
+        if status != 200:
+            raise self.fail(f"REST {self.spec.target}{where} answered {status} {str(got)[:200].strip()}: "
+                            "check --model_name")
         try:
             sdm = get_model_metadata_pb2.SignatureDefMap()
-            json_format.ParseDict(r.json()["metadata"]["signature_def"], sdm,
-                                  ignore_unknown_fields=True)
-        except (ValueError, KeyError, json_format.ParseError):
-            raise CandidateServingError(f"candidate {spec.spec!r}: {where}/metadata is not TF "
-                                        "Serving model metadata") from None
+            json_format.ParseDict(got["metadata"]["signature_def"], sdm, ignore_unknown_fields=True)
+        except (TypeError, KeyError, json_format.ParseError):
+            raise self.fail(f"{self.spec.target}{where} is not TF Serving model metadata") from None
         return sdm, {}
 
-    def _session(self) -> Any:
-        import requests
-
-        s = getattr(self.local, "session", None)
-        if s is None:
-            s = self.local.session = requests.Session()
-        return s
-
     def encode(self, batch: dict[str, np.ndarray]) -> bytes:
-        doc = {"signature_name": self.signature,
-               "inputs": {k: v.tolist() for k, v in batch.items()}}
+        from builder.serve.client import example_to_json
+
+        doc: dict[str, Any] = {"signature_name": self.signature}
+        if self.api == "predict":
+            doc["inputs"] = {k: v.tolist() for k, v in batch.items()}
+        else:
+            doc["examples"] = [example_to_json(e) for e in self.examples(batch)]
         return json.dumps(doc).encode()
 
-    def predict(self, prepared: bytes, output_aliases: list[str]) -> dict[str, np.ndarray]:
-        import requests
-
-        try:
-            r = self._session().post(self.url, data=prepared, timeout=self.timeout,
-                                     headers={"Content-Type": "application/json"})
-        except requests.RequestException as e:
-            raise CandidateServingError(f"candidate {self.spec.spec!r}: POST {self.url} failed "
-                                        f"({type(e).__name__})") from None
-        if r.status_code != 200:
-            raise CandidateServingError(f"candidate {self.spec.spec!r}: POST {self.url} answered "
-                                        f"{r.status_code} {r.text[:200].strip()}")
-        outs = r.json()["outputs"]
+    def call(self, prepared: bytes) -> dict[str, np.ndarray]:
+        path = f"{self.path}:{self.api}"
+        status, got = self._request("POST", path, prepared)
+        if status != 200:
+            raise self.fail(f"POST {self.spec.target}{path} answered {status} {str(got)[:200].strip()}")
+        if self.api != "predict":
+            return self.decode_inference(got["result"])
+        outs = got["outputs"]
         if not isinstance(outs, dict):
-            outs = {output_aliases[0]: outs}
+            outs = {sorted(self.sig.outputs)[0]: outs}
         return {k: np.asarray(v, dtype=np.float32) if _is_float_list(v) else np.asarray(v)
                 for k, v in outs.items()}
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            for c in self._clients:
+                c.close()
+            self._clients.clear()
 
 
 def _is_float_list(v: Any) -> bool:
@@ -291,15 +348,14 @@ def _is_float_list(v: Any) -> bool:
     return isinstance(v, float)
 
 
-def serving_client(spec: CandidateSpec, o: BenchOptions) -> _GrpcClient | _RestClient:
-    """The TF Serving client for a server candidate: the one place to switch to
-    ``builder.serve.client`` (metadata, encode a batch once, predict, close)."""
-    return _GrpcClient(spec, o) if spec.kind == "grpc" else _RestClient(spec, o)
+def serving_client(spec: CandidateSpec, o: BenchOptions) -> _Grpc | _Rest:
+    """The TF Serving client of a server candidate, on ``builder.serve.client``."""
+    return _Grpc(spec, o) if spec.kind == "grpc" else _Rest(spec, o)
 
 
 class ServerRunner(Runner):
     """A running TF Serving (or ``python -m builder serve``), over gRPC or REST, with
-    ``--concurrency`` client threads."""
+    ``--concurrency`` client threads; classify/regress signatures through Classify/Regress."""
 
     def __init__(self, spec: CandidateSpec, o: BenchOptions) -> None:
         self.spec, self.concurrency = spec, o.concurrency
@@ -314,16 +370,17 @@ class ServerRunner(Runner):
             self.client.close()
             raise
         sig = sdm.signature_def[o.signature]
+        self.client.use(sig)
         self.inputs = signature_inputs(sig)
         self.output_aliases = sorted(sig.outputs)
         self.details = {"model_name": spec.model_name, **extra, "concurrency": self.concurrency,
-                        "runs_as": self.client.runs_as}
+                        "api": self.client.api, "runs_as": self.client.runs_as}
 
     def prepare(self, batch: dict[str, np.ndarray]) -> Any:
         return self.client.encode(batch)
 
     def run(self, prepared: Any) -> dict[str, np.ndarray]:
-        return self.client.predict(prepared, self.output_aliases)
+        return self.client.call(prepared)
 
     def close(self) -> None:
         self.client.close()

@@ -128,8 +128,10 @@ def parse_batching_parameters(text: str, source: str = BATCHING_FILE) -> Any:
                 f"max_batch_size ({got}): set max_batch_size {{ value: {sizes[-1]} }}"
             )
     for name in ("num_batch_threads", "max_batch_size", "max_enqueued_batches"):
-        if msg.HasField(name) and getattr(msg, name).value <= 0:
-            raise ConfigError(f"{source}: {name} must be >= 1: fix the value in the file")
+        # TF Serving turns max_enqueued_batches 0 into 1 (without large-batch splitting)
+        least = 0 if name == "max_enqueued_batches" else 1
+        if msg.HasField(name) and getattr(msg, name).value < least:
+            raise ConfigError(f"{source}: {name} must be >= {least}: fix the value in the file")
     return msg
 
 
@@ -221,8 +223,10 @@ def write_companions(
     num_batch_threads: int = DEFAULT_NUM_BATCH_THREADS,
     max_enqueued_batches: int = DEFAULT_MAX_ENQUEUED_BATCHES,
     prometheus_path: str = PROMETHEUS_PATH,
+    tuned: TunedBatching | None = None,
 ) -> dict[str, Path]:
-    """Write ``batching_parameters.txt`` and ``monitoring.config`` into ``out_dir``.
+    """Write ``batching_parameters.txt`` and ``monitoring.config`` into ``out_dir``; with
+    ``tuned`` (see ``find_tuned``) the batching file is the measured one, header included.
 
     Both texts are generated and parse-checked before either file is touched, and each is written
     atomically, so a bad argument leaves the directory exactly as it was.
@@ -230,9 +234,12 @@ def write_companions(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file, not a directory: pass a directory for the companions")
-    batching = batching_parameters_text(
-        batch_sizes, batch_timeout_micros, num_batch_threads, max_enqueued_batches
-    )
+    if tuned is not None:
+        batching = tuned.text
+    else:
+        batching = batching_parameters_text(
+            batch_sizes, batch_timeout_micros, num_batch_threads, max_enqueued_batches
+        )
     monitoring = monitoring_config_text(prometheus_path)
     paths = {"batching": out / BATCHING_FILE, "monitoring": out / MONITORING_FILE}
     atomic_write_text(paths["batching"], batching)
@@ -258,6 +265,63 @@ def batch_sizes_from_repo(repo: str | os.PathLike) -> list[int]:
                     f"{vdir / artifact.BUILD_INFO_FILE}: bad batch_sizes ({e}): re-export this version"
                 ) from None
     return sorted(sizes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuned batching parameters (written by `python -m builder tune` into REPO/.tune/NAME/)
+
+TUNE_DIR = ".tune"  # hidden: list_models and TF Serving (which only reads base paths) skip it
+
+
+@dataclass(frozen=True)
+class TunedBatching:
+    """A batching_parameters.txt measured by ``tune`` for one model of the repository."""
+
+    path: Path
+    model: str
+    version: int | None  # the version it was measured on
+    text: str
+    note: str  # what `config` prints: where the file comes from, and whether it is stale
+
+
+def find_tuned(repo: str | os.PathLike, model_names: list[str]) -> TunedBatching | None:
+    """The tuned batching file of a model in ``model_names`` (None if no model was tuned).
+
+    TF Serving takes one ``--batching_parameters_file`` for the whole server, so only one tuned
+    file can be used: with several, the most recently tuned one wins and the note says which were
+    left out. A tuned file that no longer parses is an error naming it (never silently dropped),
+    and one measured on another version than the latest on disk is used with a warning."""
+    from builder.core.layout import list_versions
+
+    found = [(Path(repo) / TUNE_DIR / n / BATCHING_FILE, n) for n in model_names]
+    found = [(p, n) for p, n in found if p.is_file()]
+    if not found:
+        return None
+    found.sort(key=lambda pn: pn[0].stat().st_mtime, reverse=True)
+    path, name = found[0]
+    text = path.read_text(encoding="utf-8")
+    parse_batching_parameters(text, str(path))
+    report = _read_tune_report(path.parent / "tune_report.json")
+    version = (report.get("model") or {}).get("version")
+    cpu_info = (report.get("machine") or {}).get("cpu") or {}
+    arch = cpu_info.get("microarchitecture")
+    cpu = f"{cpu_info.get('model_name', 'an unrecorded CPU')}" + (f" ({arch})" if arch else "")
+    note = (f"{BATCHING_FILE}: using the parameters `tune` measured for {name} version {version} on {cpu} "
+            f"({path}; delete it to go back to defaults)")
+    latest = list_versions(Path(repo) / name)
+    if version is not None and latest and latest[-1] != version:
+        note += f"; warning: the latest version is {latest[-1]}, re-run `python -m builder tune --name {name}`"
+    if len(found) > 1:
+        note += f"; one file serves all models, so the tuned files of {', '.join(n for _, n in found[1:])} are not used"
+    return TunedBatching(path, name, version, text, note)
+
+
+def _read_tune_report(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -454,15 +454,19 @@ def config_command(
     if image:
         check_image(repo_p, cfg, str(image))
     written = [write_models_config(cfg, out_p)]
+    tuned = None  # batching: a file measured by `tune` wins over the defaults
     if companions:
         from builder.config import companions as companion_files
 
         sizes = sorted({b for _, _, info in repo_artifacts(repo_p, cfg) for b in info.get("batch_sizes", [])})
-        result = companion_files.write_companions(out_p.parent, sizes or [1, 8, 100]) or []
+        tuned = companion_files.find_tuned(repo_p, [c.name for c in cfg.model_config_list.config])  # batching
+        result = companion_files.write_companions(out_p.parent, sizes or [1, 8, 100], tuned=tuned) or []
         written += list(result.values() if isinstance(result, dict) else result)
     n = len(cfg.model_config_list.config)
     print(f"wrote {out_p} ({n} model{'s' if n != 1 else ''})")
     for p in written[1:]:
         print(f"wrote {p}")
+    if tuned is not None:  # batching
+        print(tuned.note)
     print(f"serve it: tensorflow_model_server --model_config_file={out_p.resolve()} "
           f"--model_config_file_poll_wait_seconds={poll_wait_seconds} --rest_api_port=8501")

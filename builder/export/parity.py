@@ -229,25 +229,29 @@ def run_saved_model(path: str | os.PathLike, inputs: dict[str, np.ndarray],
 # --------------------------------------------------------------------------- one-signature helpers
 
 
-def generate_samples(inputs: list[TensorInfo], count: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Synthesised inputs for a bare list of inputs (no graph hints), for callers outside the
-    export (benchmark). Unknown dimensions get ``samples.DEFAULT_DIM``."""
+def generate_samples(inputs: list[TensorInfo], count: int, seed: int = 0, hints: Any = None) -> dict[str, np.ndarray]:
+    """Synthesised inputs for a bare list of inputs, for callers outside the export (benchmark);
+    ``hints`` (``samples.graph_hints``) make string inputs tf.Examples the graph parses. Unknown
+    dimensions get ``samples.DEFAULT_DIM``."""
     from builder.core.errors import InputError
     from builder.export import samples
 
+    hints = hints or samples.GraphHints()
     sig = Signature("serving_default", "tensorflow/serving/predict", list(inputs), [])
     try:
-        return samples.synthesise(sig, samples.GraphHints(), count, samples.DEFAULT_DIM, seed)
+        return samples.synthesise(sig, hints, count, samples.DEFAULT_DIM, seed)
     except samples.Unsynthesisable as e:
-        bad = next(t for t in inputs if samples.fails(t, samples.GraphHints()))
+        bad = next(t for t in inputs if samples.fails(t, hints))
         hint = f"--input_shapes {bad.tensor.split(':')[0]}=?x... or " if bad.shape is None else ""
         raise InputError(f"input {bad.alias!r} ({bad.tensor}) cannot be synthesised ({e}): pass "
                          f"{hint}--samples FILE") from None
 
 
-def load_samples(path: str | os.PathLike, inputs: list[TensorInfo]) -> dict[str, np.ndarray]:
-    """``--samples`` for a bare list of inputs (one serving_default signature)."""
+def load_samples(path: str | os.PathLike, inputs: list[TensorInfo],
+                 signature: str = "serving_default") -> dict[str, np.ndarray]:
+    """``--samples`` for a bare list of inputs of one signature (npz keys ``INPUT`` or
+    ``SIGNATURE/INPUT``, as golden.npz holds them)."""
     from builder.export import samples
 
-    sig = Signature("serving_default", "tensorflow/serving/predict", list(inputs), [])
-    return samples.read_samples(path, {"serving_default": sig})["serving_default"]
+    sig = Signature(signature, "tensorflow/serving/predict", list(inputs), [])
+    return samples.read_samples(path, {signature: sig})[signature]

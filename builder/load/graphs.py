@@ -13,7 +13,7 @@ from typing import Any
 from builder.core.errors import GraphError, InputError, first_line
 from builder.core.model import node_name, tensor_name
 
-__all__ = ["node_name", "tensor_name", "first_line", "dtype_name", "shape_list", "parse_shape",
+__all__ = ["node_name", "tensor_name", "first_line", "shape_list", "parse_shape",
            "closest", "imported_graph", "source_session", "read_graph_def", "default_alias",
            "tf_run_errors"]
 
@@ -27,13 +27,6 @@ def tf_run_errors() -> tuple[type[BaseException], ...]:
     import tensorflow as tf
 
     return (tf.errors.OpError, ValueError, TypeError)
-
-
-def dtype_name(dtype: Any) -> str:
-    """numpy-style dtype name ("float32", "bool", "string" for tf.string): artifact's one definition."""
-    from builder.core.artifact import dtype_name as name
-
-    return name(dtype)
 
 
 def shape_list(shape: Any) -> list[int | None] | None:

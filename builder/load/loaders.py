@@ -16,10 +16,10 @@ from pathlib import Path
 
 from builder.core.model import NormalizedModel, graph_facts
 from builder.load.detect import FLOWS, detect_flow
-from builder.load.graphs import dtype_name, first_line, parse_shape, shape_list
+from builder.load.graphs import first_line, parse_shape, shape_list
 from builder.load.request import LoadRequest
 
-__all__ = ["FLOWS", "detect_flow", "parse_shape", "load", "dtype_name", "first_line", "shape_list"]
+__all__ = ["FLOWS", "detect_flow", "parse_shape", "load", "first_line", "shape_list"]
 
 
 def load(path: str | os.PathLike, flow: str | None = None, *, inputs: list[str] | None = None,

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from builder.core.artifact import dtype_name
 from builder.core.errors import GraphError, InputError
 from builder.core.model import INIT_OP_SIGNATURE, Signature, SourceRunner, TensorInfo, tensor_name
-from builder.load.graphs import dtype_name, first_line, shape_list, tf_run_errors
+from builder.load.graphs import first_line, shape_list, tf_run_errors
 from builder.load.surgery import check_key, match_entry
 
 

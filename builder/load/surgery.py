@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from builder.core.artifact import dtype_name
 from builder.core.errors import GraphError, InputError
 from builder.core.model import (
     INIT_OP_SIGNATURE,
@@ -49,7 +50,6 @@ from builder.core.model import (
 from builder.load.graphs import (
     PLACEHOLDER_OPS,
     default_alias,
-    dtype_name,
     imported_graph,
     no_node_error,
     placeholder_names,

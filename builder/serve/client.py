@@ -1,5 +1,5 @@
 """THE TF Serving client of this project: REST and gRPC, used by ``scripts/serve_check``,
-``scripts/ci_pipeline``, the integration suite (and meant for the benchmark).
+``scripts/ci_pipeline``, the integration suite and the benchmark.
 
 Why one client: four hand-written ones had drifted (message-size limits, keep-alive handling,
 how a version or label goes into the request). This one builds requests with the official
@@ -12,6 +12,8 @@ how a version or label goes into the request). This one builds requests with the
 - ``GrpcClient``: ``PredictionService`` + ``ModelService`` stubs on one channel, with TF Serving's
   own message-size limit (2 GiB - 1) on both sides unless told otherwise - the default 4 MiB
   receive limit of a gRPC client is the usual "Received message larger than max" failure.
+  ``predict_request`` / ``classify_request`` / ``regress_request`` build the request protos and
+  ``GrpcClient.send`` sends a pre-built one, so a benchmark encodes once and times only the call.
 """
 
 from __future__ import annotations
@@ -215,6 +217,43 @@ def _fill_input(inp: Any, examples: Iterable[Any], context: Any = None) -> None:
     inp.example_list_with_context.examples.extend(examples)
 
 
+def predict_request(model: str, inputs: Mapping[str, Any], *, version: int | None = None,
+                    label: str | None = None, signature: str = "", output_filter: Iterable[str] = ()) -> Any:
+    """A ``PredictRequest``; ``inputs`` maps alias -> numpy array (or TensorProto)."""
+    from tensorflow_serving.apis import predict_pb2
+
+    req = predict_pb2.PredictRequest()
+    _spec(req.model_spec, model, version, label, signature)
+    for k, v in inputs.items():
+        req.inputs[k].CopyFrom(v if hasattr(v, "SerializeToString") else to_tensor_proto(v))
+    req.output_filter.extend(output_filter)
+    return req
+
+
+def classify_request(model: str, examples: Iterable[Any], *, context: Any = None, version: int | None = None,
+                     label: str | None = None, signature: str = "") -> Any:
+    """A ``ClassificationRequest``; ``examples``: tf.train.Example protos or feature dicts."""
+    from tensorflow_serving.apis import classification_pb2
+
+    return _examples_request(classification_pb2.ClassificationRequest(), model, examples, context, version,
+                             label, signature)
+
+
+def regress_request(model: str, examples: Iterable[Any], *, context: Any = None, version: int | None = None,
+                    label: str | None = None, signature: str = "") -> Any:
+    """A ``RegressionRequest`` (same arguments as ``classify_request``)."""
+    from tensorflow_serving.apis import regression_pb2
+
+    return _examples_request(regression_pb2.RegressionRequest(), model, examples, context, version, label, signature)
+
+
+def _examples_request(req: Any, model: str, examples: Iterable[Any], context: Any, version: int | None,
+                      label: str | None, signature: str) -> Any:
+    _spec(req.model_spec, model, version, label, signature)
+    _fill_input(req.input, examples, context)
+    return req
+
+
 class GrpcClient:
     """``PredictionService`` and ``ModelService`` on one channel (official stubs)."""
 
@@ -234,33 +273,30 @@ class GrpcClient:
                 label: str | None = None, signature: str = "", output_filter: Iterable[str] = (),
                 timeout: float | None = None) -> Any:
         """``inputs`` maps alias -> numpy array (or TensorProto)."""
-        from tensorflow_serving.apis import predict_pb2
-
-        req = predict_pb2.PredictRequest()
-        _spec(req.model_spec, model, version, label, signature)
-        for k, v in inputs.items():
-            req.inputs[k].CopyFrom(v if hasattr(v, "SerializeToString") else to_tensor_proto(v))
-        req.output_filter.extend(output_filter)
+        req = predict_request(model, inputs, version=version, label=label, signature=signature,
+                              output_filter=output_filter)
         return self.prediction.Predict(req, timeout=timeout or self.timeout)
 
     def classify(self, model: str, examples: Iterable[Any], *, context: Any = None, version: int | None = None,
                  label: str | None = None, signature: str = "", timeout: float | None = None) -> Any:
         """``examples``: tf.train.Example protos or feature dicts (see ``make_example``)."""
-        from tensorflow_serving.apis import classification_pb2
-
-        req = classification_pb2.ClassificationRequest()
-        _spec(req.model_spec, model, version, label, signature)
-        _fill_input(req.input, examples, context)
+        req = classify_request(model, examples, context=context, version=version, label=label, signature=signature)
         return self.prediction.Classify(req, timeout=timeout or self.timeout)
 
     def regress(self, model: str, examples: Iterable[Any], *, context: Any = None, version: int | None = None,
                 label: str | None = None, signature: str = "", timeout: float | None = None) -> Any:
-        from tensorflow_serving.apis import regression_pb2
-
-        req = regression_pb2.RegressionRequest()
-        _spec(req.model_spec, model, version, label, signature)
-        _fill_input(req.input, examples, context)
+        req = regress_request(model, examples, context=context, version=version, label=label, signature=signature)
         return self.prediction.Regress(req, timeout=timeout or self.timeout)
+
+    def send(self, request: Any, timeout: float | None = None) -> Any:
+        """Send a pre-built Predict / Classification / Regression / MultiInference request."""
+        method = {"PredictRequest": self.prediction.Predict,
+                  "ClassificationRequest": self.prediction.Classify,
+                  "RegressionRequest": self.prediction.Regress,
+                  "MultiInferenceRequest": self.prediction.MultiInference}.get(type(request).__name__)
+        if method is None:
+            raise TypeError(f"not a PredictionService request: {type(request).__name__}")
+        return method(request, timeout=timeout or self.timeout)
 
     def multi_inference(self, model: str, examples: Iterable[Any], tasks: Iterable[tuple[str, str]], *,
                         context: Any = None, version: int | None = None, label: str | None = None,

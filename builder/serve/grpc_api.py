@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (
 
 from builder.config.models_config import ModelEntry, entries_from_proto
 from builder.core.errors import ConfigError
+from builder.serve import batching
 from builder.serve.service import ServingCore
 from builder.serve.status import RpcStatus
 
@@ -39,12 +40,20 @@ def _answer(context: Any, fn: Callable[[], Any]) -> Any:
         context.abort(grpc.StatusCode[e.code], e.message)
 
 
+def _run(context: Any, fn: Callable[[], Any]) -> Any:
+    """A request that runs the model: the call's deadline bounds its wait in a batching queue, as
+    TF Serving passes it to Session::Run (``RunOptions.timeout_in_ms``) for Predict, Classify,
+    Regress and MultiInference."""
+    with batching.grpc_deadline(context):
+        return _answer(context, fn)
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, core: ServingCore) -> None:
         self.core = core
 
     def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
-        return _answer(context, lambda: self.core.predict_proto(request))
+        return _run(context, lambda: self.core.predict_proto(request))
 
     def GetModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
         return _answer(context, lambda: self._metadata(request))
@@ -66,13 +75,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return resp
 
     def Classify(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return _answer(context, lambda: self.core.classify_proto(request))
+        return _run(context, lambda: self.core.classify_proto(request))
 
     def Regress(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return _answer(context, lambda: self.core.regress_proto(request))
+        return _run(context, lambda: self.core.regress_proto(request))
 
     def MultiInference(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return _answer(context, lambda: self.core.multi_inference_proto(request))
+        return _run(context, lambda: self.core.multi_inference_proto(request))
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

@@ -10,7 +10,8 @@ Serving 2.17's (``builder/config/lifecycle.py``, applied by ``manager.ModelManag
 checked before models are added, a failed new version leaves the old one serving, failed loads
 are retried on --max_num_load_retries / --load_retry_interval_micros, and start-up waits for the
 latest version of every model and fails (exit 1, TF Serving's message) when one cannot load.
-It does not batch across requests: a request runs as it comes, at the batch size the client sent.
+Without ``--enable_batching`` a request runs as it comes, at the batch size the client sent; with
+it, concurrent requests are merged by ``builder.serve.batching`` as TF Serving's BatchingSession does.
 
 This module imports nothing heavy at import time (``python -m builder --help`` imports it).
 """
@@ -31,6 +32,7 @@ from typing import Any
 from builder.config import lifecycle
 from builder.config.models_config import ModelEntry, parse_model_server_config, read_model_server_config
 from builder.core.errors import ConfigError, InputError, ServerStartError, ServingError
+from builder.serve import batching
 from builder.serve.client import GRPC_MAX_MESSAGE_BYTES
 from builder.serve.handles import ServerHandle
 from builder.serve.limits import InflightBytes, Limits
@@ -101,6 +103,7 @@ class LocalServer(ServerHandle):
         allow_version_labels_for_unavailable_models: bool = False,
         max_num_load_retries: int = lifecycle.DEFAULT_MAX_NUM_LOAD_RETRIES,
         load_retry_interval_micros: int = lifecycle.DEFAULT_LOAD_RETRY_INTERVAL_MICROS,
+        enable_batching: bool = False,
     ) -> None:
         """Flags as ``python -m builder serve`` documents them; ``limits`` (if given) sets every
         size/time/thread limit at once, else they come from the individual arguments. The
@@ -121,7 +124,8 @@ class LocalServer(ServerHandle):
         self.log.setLevel(logging.INFO)
         self.log.addHandler(self._log_handler)
         self.metrics_path = self._read_monitoring(monitoring_config_file)
-        self._check_batching(batching_parameters_file)
+        if batching_parameters_file:  # a bad file fails before anything else starts
+            batching.read_options(batching_parameters_file)
         self.expected_entries, self._config_text = _initial_entries(self.model_config_file, model_name,
                                                                    model_base_path)
         self.lifecycle_flags = lifecycle.ServerFlags(
@@ -131,27 +135,15 @@ class LocalServer(ServerHandle):
             file_system_poll_wait_seconds=self.fs_poll,  # seconds; fractions are allowed here
             model_config_file_poll_wait_seconds=self.config_poll,
             enable_model_warmup=bool(enable_model_warmup))
+        self.batcher = batching.from_flags(enable_batching, batching_parameters_file, self.log, RpcStatus)
         self.manager = ModelManager(self.log, enable_model_warmup, enable_signature_method_name_check,
-                                    flags=self.lifecycle_flags)
+                                    flags=self.lifecycle_flags, batcher=self.batcher)
         self.metrics = Metrics()
         self.core = ServingCore(self.manager, self.metrics, InflightBytes(self.limits.max_inflight_request_bytes))
         self._grpc: Any = None
         self._http: Any = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
-
-    def _check_batching(self, batching_parameters_file: str | os.PathLike) -> None:
-        if not batching_parameters_file:
-            return
-        from builder.config.companions import parse_batching_parameters
-
-        try:
-            text = Path(batching_parameters_file).read_text(encoding="utf-8")
-        except OSError as e:
-            raise InputError(f"--batching_parameters_file {batching_parameters_file}: cannot read ({e})") from None
-        parse_batching_parameters(text, str(batching_parameters_file))
-        self.log.info("batching parameters in %s parsed; the local server runs each request "
-                      "at the batch size sent (no cross-request batching)", batching_parameters_file)
 
     def _read_monitoring(self, path: str | os.PathLike) -> str | None:
         if not path:
@@ -184,6 +176,8 @@ class LocalServer(ServerHandle):
                                  + "{" + "".join(f"{{{d}}}, " for d in failed) + "}")
         if self._stop.is_set():
             self.manager.shutdown()
+            if self.batcher is not None:
+                self.batcher.stop()
             raise ServingError("local server: stopped before start-up finished")
         self._start_grpc()
         try:
@@ -200,6 +194,8 @@ class LocalServer(ServerHandle):
 
     def _startup_failed(self, status: str) -> None:
         self.log.error("Failed to start server. Error: %s", status)
+        if self.batcher is not None:
+            self.batcher.stop()
         self.manager.shutdown()
         if not self._log_handler.echo:
             self.print_log()
@@ -320,6 +316,8 @@ class LocalServer(ServerHandle):
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
+        if self.batcher is not None:  # run what was queued, end the batch threads
+            self.batcher.stop()
         self.manager.shutdown()
 
 
@@ -398,9 +396,13 @@ def serve_command(
             method_name is classify/regress (TF Serving's flag; off by default there too).
         monitoring_config_file: MonitoringConfig text proto; with prometheus_config.enable the
             REST port also serves request metrics at prometheus_config.path.
-        batching_parameters_file: BatchingParameters text proto; parsed and checked as TF
-            Serving would, but the local server does not batch across requests.
-        enable_batching: accepted for flag compatibility with tensorflow_model_server.
+        batching_parameters_file: BatchingParameters text proto (max_batch_size,
+            batch_timeout_micros, num_batch_threads, max_enqueued_batches, allowed_batch_sizes,
+            pad_variable_length_inputs, ...); used with --enable_batching. Without it the file
+            is only checked (tensorflow_model_server refuses to start then).
+        enable_batching: merge concurrent requests to the same model version and signature into
+            batches, as tensorflow_model_server --enable_batching does (TF Serving's defaults
+            when no --batching_parameters_file is given).
         host: address to bind; 127.0.0.1 by default (0.0.0.0 listens on all interfaces).
     """
     _run_until_signalled(_server_from_flags(dict(locals())))
@@ -446,6 +448,7 @@ def _server_from_flags(f: dict[str, Any]) -> LocalServer:
         limits=limits,
         enable_signature_method_name_check=as_bool(f["enable_signature_method_name_check"],
                                                    "--enable_signature_method_name_check"),
+        enable_batching=as_bool(f["enable_batching"], "--enable_batching"),
     )
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from builder.config import lifecycle
 from builder.config.models_config import ModelEntry
+from builder.serve.batching import SharedBatchScheduler
 from builder.serve.servable import Servable
 from builder.serve.status import RpcStatus
 
@@ -65,8 +66,10 @@ class ModelManager:
     local server: polls, loads, retries, unloads; answers which servable serves a request."""
 
     def __init__(self, log: logging.Logger, enable_warmup: bool = True, method_check: bool = False,
-                 flags: lifecycle.ServerFlags | None = None) -> None:
+                 flags: lifecycle.ServerFlags | None = None,
+                 batcher: SharedBatchScheduler | None = None) -> None:
         self.log = log
+        self.batcher = batcher  # builder.serve.batching scheduler shared by every version (None: off)
         self.enable_warmup = enable_warmup
         self.method_check = method_check
         self.flags = flags or lifecycle.ServerFlags()
@@ -327,6 +330,7 @@ class ModelManager:
         self.log.info("Loading servable version {name: %s version: %d}", name, version)
         t0 = time.monotonic()
         s = Servable(name, version, path, self.log, self.method_check)
+        s.batcher = self.batcher  # before load: warmup runs through the batcher, as in TF Serving
         try:
             s.load(self.enable_warmup)
         except RpcStatus as e:

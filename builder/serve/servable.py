@@ -10,6 +10,10 @@ Tensors are fed through callables made from ``CallableOptions`` (cached per feed
 TF Serving's C++ ``Session::Run``, they check dtypes but not a placeholder's static shape, so
 TF Serving's own quick start (``[1.0, 2.0, 5.0]`` into a ``[-1, 1]`` input) answers here too;
 shapes are left to the graph, whose errors come back as INVALID_ARGUMENT.
+
+With ``--enable_batching`` every run (predict, classify, regress, multi-inference and the warmup
+records) goes through the server's batch scheduler (``builder.serve.batching``), as TF Serving
+wraps the whole session in a ``BatchingSession``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any
 
 from builder.core.artifact import MAX_WARMUP_RECORDS, WARMUP_FILE
@@ -45,6 +50,8 @@ class Servable:
         self._refs = 0
         self._cond = threading.Condition()
         self._closed = False
+        self.batcher: Any = None  # builder.serve.batching scheduler (set before load, so warmup batches)
+        self._batch_run = _weak_runner(self)
 
     def load(self, enable_warmup: bool) -> None:
         import tensorflow as tf
@@ -174,7 +181,14 @@ class Servable:
 
     def run_tensors(self, feeds: dict[str, Any], fetches: list[str]) -> list[Any]:
         """Feed tensors by name, fetch tensors by name (the C++ Session::Run contract: dtypes are
-        checked by the runtime, static shapes are not)."""
+        checked by the runtime, static shapes are not); merged with concurrent requests when the
+        server batches."""
+        if self.batcher is not None:
+            return self.batcher.run(self, feeds, fetches, self._batch_run)
+        return self.run_unbatched(feeds, fetches)
+
+    def run_unbatched(self, feeds: dict[str, Any], fetches: list[str]) -> list[Any]:
+        """One Session::Run of exactly these tensors (what a batch thread calls with a merged batch)."""
         import tensorflow as tf
 
         names = sorted(feeds)
@@ -233,6 +247,21 @@ class Servable:
         if self.session is not None:
             self.session.close()
             self.session = None
+
+
+def _weak_runner(servable: Servable) -> Any:
+    """``run_fn(fetches, feed)`` for the batch scheduler. It holds the servable weakly: the
+    scheduler keys its queues by servable in a WeakKeyDictionary, so a strong reference from a
+    queue would keep every unloaded version (and its session) alive."""
+    ref = weakref.ref(servable)
+
+    def run(fetches: list[str], feed: dict[str, Any]) -> list[Any]:
+        s = ref()
+        if s is None:
+            raise RpcStatus("UNAVAILABLE", "the servable was unloaded while its batch waited")
+        return s.run_unbatched(feed, fetches)
+
+    return run
 
 
 def _check_input_names(sig: Any, inputs: dict[str, Any]) -> None:
