@@ -70,6 +70,8 @@ class ExportOptions:
     precision: str = "fp32"
     allow_unsafe_ops: bool = False
     trt: dict[str, Any] = field(default_factory=dict)  # TF-TRT options (see builder.tftrt)
+    bake: bool = False  # bf16 hook (issue 12): bake the bf16 rewrite instead of a serving profile
+    min_cosine: float | None = None  # bf16 hook (issue 12): overrides the precision's default
 
 
 @dataclass
@@ -200,7 +202,9 @@ def validate_options(o: ExportOptions) -> None:
             raise InputError(f"{flag} {v!r}: must be a non-negative number")
     from builder.optimize import cpu as _opt
 
-    _opt.check_request(o.optimize, o.precision, trt=o.trt or None)
+    _opt.check_request(o.optimize, o.precision, trt=o.trt or None, bake=o.bake)  # bf16 hook
+    if o.min_cosine is not None and not -1 <= o.min_cosine <= 1:  # bf16 hook (issue 12)
+        raise InputError(f"--min_cosine {o.min_cosine}: must be between -1 and 1, e.g. 0.999")
     if o.version is not None and not o.overwrite:
         existing = layout.version_dir(o.repo, o.name, o.version)
         if existing.exists():
@@ -227,11 +231,11 @@ def reproduce_command(o: ExportOptions, version: int) -> str:
         if v:
             parts += [f"--{key}", ",".join(f"{k}={x}" for k, x in v.items())]
     for key in ("checkpoint", "samples", "signature", "num_samples", "seed", "atol", "rtol",
-                "optimize", "precision", "warmup_records"):
+                "optimize", "precision", "warmup_records", "min_cosine"):  # bf16 hook: min_cosine
         v = getattr(o, key)
         if v != getattr(d, key):
             parts += [f"--{key}", str(Path(v).resolve()) if key in ("checkpoint", "samples") else str(v)]
-    for key in ("overwrite", "allow_unsafe_ops"):
+    for key in ("overwrite", "allow_unsafe_ops", "bake"):  # bf16 hook: bake
         if getattr(o, key):
             parts.append(f"--{key}")
     if not o.clear_devices:
@@ -288,8 +292,9 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
             from builder.optimize import cpu as _opt
 
             with progress.step(f"optimizing ({o.optimize}, {o.precision})"):
-                graph_model, opt_info = _opt.optimize_graph(model, "none" if tftrt else o.optimize,
-                                                            o.precision)
+                graph_model, opt_info = _opt.optimize_graph(
+                    model, "none" if tftrt else o.optimize, o.precision,
+                    bake=o.bake, measure_batch=max(o.batch_sizes))  # bf16 hook (issue 12)
             _check_unsafe(graph_model, o.allow_unsafe_ops)
             with progress.step("running the source model on the parity samples"):
                 if o.samples:
@@ -334,8 +339,11 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
 
                     table = _trt.PARITY_TOLERANCES
                 atol, rtol, min_cos = parity.tolerances(o.precision, o.atol, o.rtol, table)
+                min_cos = min_cos if o.min_cosine is None else o.min_cosine  # bf16 hook
+                from builder.optimize import bf16 as _bf16  # bf16 hook (issue 12): profile parity
+
                 try:
-                    actual = parity.run_saved_model(out, samples)
+                    actual = _bf16.run_for_parity(out, samples, o.precision, opt_info)
                 except Exception as e:  # noqa: BLE001 - TF raises many kinds at load/run
                     raise GraphError(
                         f"the exported SavedModel does not run on the parity samples "
@@ -349,6 +357,7 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
             version = o.version if o.version is not None else layout.next_version(model_dir)
             info = _build_info(o, flow, model, graph_model, version, report, opt_info, trt_info,
                                n_warm, time.perf_counter() - t0)
+            info.update(_bf16.build_info_fields(o.precision, opt_info))  # bf16 hook (issue 12)
             artifact.write_build_info(out, info)
             (staging / "reproduce.sh").write_text("#!/bin/sh\n" + info["reproduce"] + "\n")
             _test_pause("before_promote")
@@ -483,6 +492,8 @@ def export_command(
     calibration_batch_size: int = 8,
     dynamic_shape_profile_strategy: str = "Range+Optimal",
     build_engines: bool = True,
+    bake: bool = False,
+    min_cosine: float | None = None,
 ) -> None:
     """Export a TensorFlow model as a validated TF Serving version REPO/NAME/VERSION.
 
@@ -521,7 +532,13 @@ def export_command(
       atol: Absolute tolerance for parity (default by precision: fp32 1e-5).
       rtol: Relative tolerance for parity (default 0).
       optimize: none|cpu|tftrt. Default none.
-      precision: fp32|fp16|int8|bf16 (fp16/int8 need tftrt). Default fp32.
+      precision: fp32|fp16|int8|bf16 (fp16/int8 need tftrt; bf16 needs a CPU with AVX512-BF16,
+        AMX-BF16 or Arm BF16 and --optimize none|cpu: the artefact stays FP32 and is served with
+        TF Serving's --mixed_precision=bfloat16, parity measured with that rewrite on). Default fp32.
+      bake: With --precision bf16: store the bf16 graph itself (no server flag needed; the
+        artefact then needs a bf16 CPU).
+      min_cosine: Minimum cosine similarity per sample and output for parity (default by
+        precision: bf16/fp16 0.999, int8 0.99, fp32 none).
       allow_unsafe_ops: Export even if the graph still reads/writes files or runs Python.
       max_workspace_size_bytes: TF-TRT workspace (default 1 GiB).
       minimum_segment_size: TF-TRT minimum nodes per TensorRT segment (default 3).
@@ -561,6 +578,8 @@ def export_command(
         optimize=str(optimize),
         precision=str(precision),
         allow_unsafe_ops=bool(allow_unsafe_ops),
+        bake=bool(bake),  # bf16 hook (issue 12)
+        min_cosine=_float(min_cosine, "--min_cosine"),  # bf16 hook (issue 12)
     )
     if not o.model:
         raise InputError("--model is required: the model file or directory to export")
@@ -579,6 +598,13 @@ def export_command(
     print(f"exported {o.name} version {result.version} -> {result.path}")
     print(f"  parity: passed, max_abs_diff={p['max_abs_diff']:.3g} min_cosine={p['min_cosine']:.6f} "
           f"on {p['samples']} samples; export took {result.build_info['export_seconds']:.1f}s")
+    bf = result.build_info.get("bf16") or {}  # bf16 hook (issue 12)
+    m = bf.get("measured") or {}
+    if m.get("speedup"):
+        print(f"  bf16 ({bf['mode']}): {m['speedup']:.2f}x FP32 at batch {m['batch']}, batch-1 p50 "
+              f"{m['batch1_p50_ratio']:.2f}x, on {m['cpu']}"
+              + (f"; serve with --mixed_precision={bf['serving_profile']['mixed_precision']}"
+                 if bf.get("serving_profile") else "; needs a bf16 CPU"))
     print(f"  reproduce: {result.build_info['reproduce']}")
 
 
