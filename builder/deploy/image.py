@@ -84,7 +84,8 @@ TF_SERVING_2_17_FLAGS = frozenset(
 
 def server_flags(config_dir: str = CONTAINER_CONFIG, port: int = GRPC_PORT,
                  rest_api_port: int = REST_PORT,
-                 poll_seconds: int = CONFIG_POLL_SECONDS) -> list[str]:
+                 poll_seconds: int = CONFIG_POLL_SECONDS,
+                 mixed_precision: str = "") -> list[str]:
     """The tensorflow_model_server flags of the serving image, in ``Dockerfile.serving`` order.
 
     One definition for the Dockerfile (checked by a test) and the Kubernetes Deployment, so a
@@ -99,7 +100,13 @@ def server_flags(config_dir: str = CONTAINER_CONFIG, port: int = GRPC_PORT,
         f"--batching_parameters_file={config_dir}/{BATCHING_FILE}",
         f"--monitoring_config_file={config_dir}/{MONITORING_FILE}",
         "--enable_model_warmup=true",
+        # bf16 hook (issue 12): the bf16 serving profile (Dockerfile.serving target serving-bf16)
+        *([f"--mixed_precision={mixed_precision}"] if mixed_precision else []),
     ]
+
+
+# bf16 hook (issue 12): Dockerfile.serving target per serving profile
+DOCKER_TARGETS = {"": "serving", "bfloat16": "serving-bf16"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +125,7 @@ class ArtefactInfo:
     optimizer: str | None = None  # from build_info.json, None when there is none
     missing_ops: set[str] = field(default_factory=set)  # no stock TF Serving can run these
     tensorrt_version: list[int] | None = None  # TensorRT the engines were built with
+    bf16: str | None = None  # bf16 hook (issue 12): "profile" | "baked" | None (compat.bf16_mode)
 
     @property
     def has_trt(self) -> bool:
@@ -125,10 +133,10 @@ class ArtefactInfo:
 
     def problem(self, image_ref: str) -> str | None:
         return compat.image_problem(self.has_trt, image_ref, missing_ops=self.missing_ops,
-                                    tensorrt_version=self.tensorrt_version)
+                                    tensorrt_version=self.tensorrt_version, bf16=self.bf16)
 
     def warning(self, image_ref: str) -> str | None:
-        return compat.image_warning(self.has_trt, image_ref, self.tensorrt_version)
+        return compat.image_warning(self.has_trt, image_ref, self.tensorrt_version, self.bf16)
 
 
 def scan_version(name: str, version: int, path: str | os.PathLike) -> ArtefactInfo:
@@ -149,6 +157,7 @@ def scan_version(name: str, version: int, path: str | os.PathLike) -> ArtefactIn
         optimizer=info.get("optimizer"),
         missing_ops=missing,
         tensorrt_version=[int(x) for x in loaded] if loaded else None,
+        bf16=compat.bf16_mode(info),  # bf16 hook (issue 12)
     )
 
 
@@ -186,8 +195,17 @@ def gate(artefacts: Sequence[ArtefactInfo], image: str) -> None:
 
 
 def gate_warnings(artefacts: Sequence[ArtefactInfo], image: str) -> list[str]:
-    """Pairings that load but are slow (TensorRT minor/patch mismatch rebuilds engines)."""
-    return [f"{a.name}/{a.version}: {w}" for a in artefacts if (w := a.warning(image))]
+    """Pairings that load but are slow (TensorRT minor/patch mismatch rebuilds engines), and
+    bf16 artefacts that need oneDNN on (plus fp32 models sharing a bf16 server)."""
+    out = [f"{a.name}/{a.version}: {w}" for a in artefacts if (w := a.warning(image))]
+    shared = compat.shared_server_warning(  # bf16 hook (issue 12)
+        (f"{a.name}/{a.version}", a.bf16) for a in artefacts)
+    return out + ([shared] if shared else [])
+
+
+def mixed_precision_of(artefacts: Sequence[ArtefactInfo]) -> str:
+    """bf16 hook (issue 12): ``bfloat16`` when an artefact is a bf16 serving profile."""
+    return "bfloat16" if any(a.bf16 == "profile" for a in artefacts) else ""
 
 
 def serving_image(tag: str) -> str:
@@ -292,6 +310,11 @@ class BuildContext:
     models: dict[str, list[int]]
     has_trt: bool
     warnings: list[str] = field(default_factory=list)
+    mixed_precision: str = ""  # bf16 hook (issue 12): "bfloat16" -> target serving-bf16
+
+    @property
+    def target(self) -> str:
+        return DOCKER_TARGETS[self.mixed_precision]
 
     @property
     def dockerfile(self) -> Path:
@@ -402,13 +425,15 @@ def prepare(
                 target.write_text(default(), encoding="utf-8")
         ctx = BuildContext(path=out, serving_tag=str(image_tag), models=chosen,
                            has_trt=any(a.has_trt for a in artefacts),
-                           warnings=gate_warnings(artefacts, base))
+                           warnings=gate_warnings(artefacts, base),
+                           mixed_precision=mixed_precision_of(artefacts))  # bf16 hook
         (tmp / "build.json").write_text(json.dumps({
             "serving_tag": ctx.serving_tag,
             "base_image": base,
             "models": chosen,
             "tensorrt": ctx.has_trt,
-            "server_flags": server_flags(),
+            "server_flags": server_flags(mixed_precision=ctx.mixed_precision),  # bf16 hook
+            "target": ctx.target,  # bf16 hook (issue 12)
         }, indent=2) + "\n", encoding="utf-8")
         old = None
         if out.exists():
@@ -438,11 +463,12 @@ def split_image(image: str) -> tuple[str, str]:
 
 
 def build_command(context: str | os.PathLike, image: str,
-                  serving_tag: str = DEFAULT_SERVING_TAG) -> list[str]:
+                  serving_tag: str = DEFAULT_SERVING_TAG, target: str = "serving") -> list[str]:
     """The ``docker build`` argv equivalent to what ``build_and_push`` asks the engine for."""
     ctx = Path(context)
-    return ["docker", "build", "--build-arg", f"SERVING_TAG={serving_tag}", "--tag", image,
-            "--file", str(ctx / "Dockerfile"), str(ctx)]
+    return ["docker", "build", "--build-arg", f"SERVING_TAG={serving_tag}",
+            "--target", target,  # bf16 hook (issue 12)
+            "--tag", image, "--file", str(ctx / "Dockerfile"), str(ctx)]
 
 
 def push_command(image: str) -> list[str]:
@@ -483,7 +509,7 @@ def _validate_image_ref(image: str) -> None:
 
 def build_and_push(context: str | os.PathLike, image: str,
                    serving_tag: str = DEFAULT_SERVING_TAG, push: bool = True,
-                   client: Any = None, log: Any = print) -> str:
+                   client: Any = None, log: Any = print, target: str = "serving") -> str:
     """Build the context with the docker SDK, then push. Returns the image id.
 
     Build and push errors become BuilderErrors carrying the engine's own last message, since
@@ -496,7 +522,7 @@ def build_and_push(context: str | os.PathLike, image: str,
     try:
         img, logs = client.images.build(path=str(context), dockerfile="Dockerfile",
                                         buildargs={"SERVING_TAG": serving_tag}, tag=image,
-                                        rm=True)
+                                        rm=True, target=target)  # bf16 hook: target
     except docker.errors.BuildError as e:
         raise ServingError(f"docker build of {image} failed: {e.msg}") from None
     except docker.errors.APIError as e:
@@ -578,14 +604,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {w}")
         image = args.image or "IMAGE"
         print("docker build command:")
-        print("  " + shlex.join(build_command(ctx.path, image, args.serving_tag)))
+        if ctx.mixed_precision:  # bf16 hook (issue 12)
+            print(f"  serving profile: --mixed_precision={ctx.mixed_precision} (target {ctx.target})")
+        print("  " + shlex.join(build_command(ctx.path, image, args.serving_tag, ctx.target)))
         if not args.no_push:
             print("  " + shlex.join(push_command(image)))
         if args.context_only:
             return 0
         client = docker_client()
         image_id = build_and_push(ctx.path, args.image, args.serving_tag,
-                                  push=not args.no_push, client=client)
+                                  push=not args.no_push, client=client, target=ctx.target)
         print(f"built {args.image} ({image_id})" + ("" if args.no_push else " and pushed"))
         return 0
     except BuilderError as e:

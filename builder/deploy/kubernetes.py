@@ -76,6 +76,7 @@ class Plan:
     batching_text: str
     monitoring_text: str
     notes: list[str] = field(default_factory=list)
+    mixed_precision: str = ""  # bf16 hook (issue 12): "bfloat16" for a bf16 serving profile
 
     @property
     def labels(self) -> dict[str, str]:
@@ -330,6 +331,7 @@ def plan(
         replicas=fixed, min_replicas=lo, max_replicas=hi,
         target_cpu=_int_flag(target_cpu, "--target_cpu", 1), namespace=ns,
         volume_claim=claim, batching_text=btext, monitoring_text=mtext, notes=notes,
+        mixed_precision="bfloat16" if art and art.bf16 == "profile" else "",  # bf16 hook
     )
 
 
@@ -383,7 +385,7 @@ def kubernetes_manifests(p: Plan) -> list[dict[str, Any]]:
         "name": "tensorflow-serving",
         "image": p.image,
         "command": [simage.SERVER_BINARY],
-        "args": simage.server_flags(),
+        "args": simage.server_flags(mixed_precision=p.mixed_precision),  # bf16 hook (issue 12)
         "ports": [{"name": "grpc", "containerPort": simage.GRPC_PORT, "protocol": "TCP"},
                   {"name": "http", "containerPort": simage.REST_PORT, "protocol": "TCP"}],
         # The model *status* endpoint (/v1/models/NAME) answers 200 while a version is still
@@ -476,6 +478,7 @@ def kserve_manifests(p: Plan) -> list[dict[str, Any]]:
             f"--batching_parameters_file={simage.CONTAINER_CONFIG}/{simage.BATCHING_FILE}",
             f"--monitoring_config_file={simage.CONTAINER_CONFIG}/{simage.MONITORING_FILE}",
             "--enable_model_warmup=true",
+            *([f"--mixed_precision={p.mixed_precision}"] if p.mixed_precision else []),  # bf16 hook
         ],
         "resources": p.resources(),
         "volumeMounts": [{"name": "serving-config", "mountPath": simage.CONTAINER_CONFIG,

@@ -563,8 +563,10 @@ class Servable:
     """One model version in its own graph and session. Request threads hold a reference while
     they run; unloading waits for them, so a version removed mid-request still answers."""
 
-    def __init__(self, name: str, version: int, path: str, log: logging.Logger) -> None:
+    def __init__(self, name: str, version: int, path: str, log: logging.Logger,
+                 session_config: Any = None) -> None:
         self.name, self.version, self.path, self.log = name, version, path, log
+        self.session_config = session_config  # bf16 hook (issue 12): --mixed_precision rewrite
         self.session: Any = None
         self.signatures: dict[str, Any] = {}
         self.warmup_records = 0
@@ -577,7 +579,7 @@ class Servable:
 
         self.log.info("Reading SavedModel from: %s", self.path)
         graph = tf.Graph()
-        sess = tf.compat.v1.Session(graph=graph)
+        sess = tf.compat.v1.Session(graph=graph, config=self.session_config)  # bf16 hook: config
         try:
             with graph.as_default():
                 meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], self.path)
@@ -772,9 +774,11 @@ class ModelManager:
     availability-preserving policy: new versions load before old ones unload, so "latest"
     requests always find a version during a roll."""
 
-    def __init__(self, log: logging.Logger, enable_warmup: bool = True) -> None:
+    def __init__(self, log: logging.Logger, enable_warmup: bool = True,
+                 session_config: Any = None) -> None:
         self.log = log
         self.enable_warmup = enable_warmup
+        self.session_config = session_config  # bf16 hook (issue 12): for every model, as TF Serving
         self._lock = threading.Lock()  # guards the maps below; never held while loading
         self._reconcile = threading.RLock()  # one reconcile at a time
         self._models: dict[str, _ModelRuntime] = {}
@@ -896,7 +900,7 @@ class ModelManager:
         self._set_state(name, version, "LOADING")
         self.log.info("Loading servable version {name: %s version: %d}", name, version)
         t0 = time.monotonic()
-        s = Servable(name, version, path, self.log)
+        s = Servable(name, version, path, self.log, self.session_config)  # bf16 hook
         try:
             s.load(self.enable_warmup)
         except RpcStatus as e:
@@ -1411,6 +1415,7 @@ class LocalServer(ServerHandle):
         batching_parameters_file: str | os.PathLike = "",
         grpc_max_threads: int = 16,
         echo_log: bool = False,
+        mixed_precision: str = "",
     ) -> None:
         super().__init__()
         self.model_config_file = str(model_config_file or "")
@@ -1452,7 +1457,11 @@ class LocalServer(ServerHandle):
         else:
             raise InputError("no models to serve: pass --model_config_file models.config, or "
                              "--model_name NAME --model_base_path /abs/path/NAME")
-        self.manager = ModelManager(self.log, enable_model_warmup)
+        from builder.optimize import bf16  # bf16 hook (issue 12): TF Serving's --mixed_precision
+
+        self.mixed_precision = str(mixed_precision or "")
+        self.manager = ModelManager(self.log, enable_model_warmup,
+                                    bf16.server_session_config(self.mixed_precision, self.log))
         self.metrics = _Metrics()
         self.core = ServingCore(self.manager, self.metrics)
         self._grpc: Any = None
@@ -1841,6 +1850,7 @@ def serve_command(
     batching_parameters_file: str = "",
     enable_batching: bool = False,
     host: str = "127.0.0.1",
+    mixed_precision: str = "",
 ) -> None:
     """Serve a model repository locally, speaking TF Serving's REST and gRPC APIs.
 
@@ -1871,6 +1881,9 @@ def serve_command(
             Serving would, but the local server does not batch across requests.
         enable_batching: accepted for flag compatibility with tensorflow_model_server.
         host: address to bind; 127.0.0.1 by default (0.0.0.0 listens on all interfaces).
+        mixed_precision: bfloat16 turns on oneDNN's bf16 rewrite
+            (auto_mixed_precision_onednn_bfloat16) for every model, as tensorflow_model_server
+            --mixed_precision=bfloat16 does; what a bf16 serving-profile export wants.
     """
     server = LocalServer(
         model_config_file=model_config_file,
@@ -1887,6 +1900,7 @@ def serve_command(
         monitoring_config_file=monitoring_config_file,
         batching_parameters_file=batching_parameters_file,
         echo_log=True,
+        mixed_precision=str(mixed_precision or ""),  # bf16 hook (issue 12)
     )
     del enable_batching
     stop = threading.Event()
