@@ -12,6 +12,7 @@ setup(
     version="0.1.0",
     description="Turn TensorFlow models into TF Serving repositories (optionally TF-TRT) and prove they serve",
     packages=find_packages(include=["builder", "builder.*"]),
+    package_data={"builder.config": ["opdefs/*.json.gz"]},  # preflight's op snapshots
     python_requires=">=3.9,<3.13",
     install_requires=[
         "tensorflow==2.17.1",

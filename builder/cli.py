@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("builder.export.pipeline", "export_command"),
     "config": ("builder.config.models_config", "config_command"),
     "inspect": ("builder.config.inspection", "inspect_command"),
+    "preflight": ("builder.config.preflight", "preflight_command"),
     "serve": ("builder.serve.server", "serve_command"),
     "publish": ("builder.publish.api", "publish_command"),
     "pull": ("builder.publish.api", "pull_command"),

@@ -45,7 +45,8 @@ def _summary_rows(stdout: str) -> dict[str, list[str]]:
     rows = {}
     for line in block.splitlines():
         parts = line.split()
-        if parts and parts[0] in ("export", "parity", "config", "serving", "integration", "publish"):
+        if parts and parts[0] in ("export", "parity", "config", "preflight", "serving", "integration",
+                                  "publish"):
             rows[parts[0]] = parts[1:]
     return rows
 
@@ -66,12 +67,13 @@ def test_pipeline_passes_end_to_end(pipeline):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     rows = _summary_rows(r.stdout)
     assert {k: v[0] for k, v in rows.items()} == {
-        "export": "ok", "parity": "ok", "config": "ok", "serving": "ok",
+        "export": "ok", "parity": "ok", "config": "ok", "preflight": "ok", "serving": "ok",
         "integration": "skipped", "publish": "ok"}
     assert all(float(v[1]) >= 0 for k, v in rows.items() if k != "integration")
     assert "PASSED in" in r.stdout
     # the step order in the log is the pipeline order
-    marks = [r.stdout.index(f"==> {s}") for s in ("export", "parity", "config", "serving", "publish")]
+    marks = [r.stdout.index(f"==> {s}") for s in ("export", "parity", "config", "preflight", "serving",
+                                                  "publish")]
     assert marks == sorted(marks)
 
     summary = json.loads((work / "summary.json").read_text())
@@ -120,8 +122,8 @@ def test_pipeline_stops_at_first_failure(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     rows = _summary_rows(r.stdout)
     assert rows["export"][0] == "FAILED" and "error:" in " ".join(rows["export"])
-    assert [rows[s][:2] for s in ("parity", "config", "serving", "integration", "publish")] == \
-        [["not", "run"]] * 5
+    assert [rows[s][:2] for s in ("parity", "config", "preflight", "serving", "integration", "publish")] == \
+        [["not", "run"]] * 6
     assert "FAILED at step 'export' (exit 2)" in r.stdout
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["passed"] is False and s["exit_code"] == 2

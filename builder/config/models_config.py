@@ -139,6 +139,9 @@ def build_config(
     for name in models:
         on_disk = layout.list_versions(repo / name)
         entry = entries.get(name)
+        # What the running server was told before this write (the label-move rule needs it).
+        previous_labels = dict(entry.version_labels) if entry is not None else {}
+        served_before = _served_versions(entry, on_disk) if entry is not None else []
         if entry is None:
             entry = cfg.model_config_list.config.add()
             entry.name = name
@@ -160,6 +163,7 @@ def build_config(
             if v not in on_disk:
                 raise ConfigError(f"--policy {name}=specific: version {v} does not exist in "
                                   f"{repo / name} (versions: {', '.join(map(str, on_disk))})")
+        _check_label_moves(name, labels.get(name, {}), previous_labels, served_before)
         for lab, v in labels.get(name, {}).items():
             entry.version_labels[lab] = v
         for lab, v in entry.version_labels.items():
@@ -173,6 +177,26 @@ def build_config(
                     f"{','.join(map(str, sorted(set(served) | {v})))} or {name}=all"
                 )
     return cfg
+
+
+def _check_label_moves(name: str, requested: dict[str, int], previous: dict[str, int],
+                       served_before: list[int]) -> None:
+    """Refuse a label move the real server would refuse, with the whole file around it.
+
+    With --allow_version_labels_for_unavailable_models (passed by the image, the manifests and
+    the local server) a *new* label may name a version that is still loading, but an existing
+    label may only move to an AVAILABLE version (ServerCore::UpdateModelVersionLabelMap,
+    tensorflow_serving/model_servers/server_core.cc), and a refused label fails the whole reload,
+    version-policy change included. A version the current config does not load cannot be
+    AVAILABLE: moving a label onto it is the second step of a two-step roll-out."""
+    for lab, v in sorted(requested.items()):
+        if lab in previous and previous[lab] != v and v not in served_before:
+            raise ConfigError(
+                f"--label {name}:{lab}={v}: moves label {lab!r} from version {previous[lab]} to version "
+                f"{v}, which the current config does not load yet; TF Serving refuses to move a label "
+                "to a version that is not AVAILABLE and would reject the whole file. Roll out in two "
+                f"steps: run config without this --label (version {v} loads), then again with it once "
+                f"GET /v1/models/{name}/versions/{v} reports AVAILABLE")
 
 
 def _served_versions(entry: Any, on_disk: list[int]) -> list[int]:
@@ -255,7 +279,8 @@ def config_command(
         the repository's absolute path on this machine.
       policy: Version policy per model: NAME=latest:2 | NAME=all | NAME=specific:3,4.
       label: Version labels: NAME:LABEL=VERSION (comma separated). Labels must point at versions
-        that exist and that the policy loads.
+        that exist and that the policy loads; moving an existing label to a version the current
+        config does not load yet is refused (roll out in two steps, see README "Labels").
       image: Serving image the config is for (e.g. tensorflow/serving:2.17.0-gpu); refuses
         TF-TRT artefacts with CPU or >=2.18 images.
       companions: Also write batching_parameters.txt and monitoring.config beside the config.

@@ -100,6 +100,9 @@ def server_flags(config_dir: str = CONTAINER_CONFIG, port: int = GRPC_PORT,
         f"--batching_parameters_file={config_dir}/{BATCHING_FILE}",
         f"--monitoring_config_file={config_dir}/{MONITORING_FILE}",
         "--enable_model_warmup=true",
+        # Without it a models.config with labels aborts start-up (labels are checked before any
+        # model loads: ServerCore::UpdateModelVersionLabelMap), e.g. at every pod restart.
+        "--allow_version_labels_for_unavailable_models=true",
         # bf16 hook (issue 12): the bf16 serving profile (Dockerfile.serving target serving-bf16)
         *([f"--mixed_precision={mixed_precision}"] if mixed_precision else []),
     ]

@@ -164,7 +164,7 @@ def plan(
     max_replicas: object = None,
     target_cpu: object = 70,
     cpu: object = "2",
-    memory: object = "4Gi",
+    memory: object = "auto",
     namespace: str | None = None,
     app: str | None = None,
     volume_claim: str | None = None,
@@ -323,6 +323,12 @@ def plan(
     else:
         batching_mod.parse_monitoring_config(mtext, f"--monitoring {monitoring}")
 
+    if str(memory).strip().lower() == "auto":  # preflight's measured footprint, else 4Gi
+        fp = ((artifact.read_build_info(art.path) or {}).get("footprint") or {}) if art else {}
+        memory = f"{-(-int(fp['recommended_memory_bytes']) // 2**20)}Mi" if fp else "4Gi"
+        if fp:
+            notes.append(f"memory {memory}: preflight footprint of version {pinned} (runtime + 2 x "
+                         "model: hot reload holds two versions)")
     return Plan(
         target=target, name=name, app=app_res, base_path=base_path, image=image_ref,
         gpu=bool(want_gpu), gpus=_int_flag(gpus, "--gpus", 1), version=pinned,
@@ -695,7 +701,7 @@ def deploy_command(
     max_replicas: object = None,
     target_cpu: int = 70,
     cpu: str = "2",
-    memory: str = "4Gi",
+    memory: str = "auto",
     namespace: str = "",
     app: str = "",
     volume_claim: str = "",
@@ -737,7 +743,8 @@ def deploy_command(
       max_replicas: Autoscaler maximum (default 4).
       target_cpu: Average CPU utilisation (percent) the autoscaler aims for.
       cpu: CPU request per pod (Kubernetes quantity, e.g. 2 or 1500m).
-      memory: Memory request and limit per pod (e.g. 4Gi).
+      memory: Memory request and limit per pod (e.g. 4Gi); auto = the footprint `preflight`
+        wrote into the version's build_info (runtime + 2 x model, for hot reload), else 4Gi.
       namespace: Namespace for every resource (default: kubectl's current namespace).
       app: Kubernetes resource name (default: derived from --name).
       volume_claim: kubernetes: PersistentVolumeClaim holding the repository, mounted read-only
