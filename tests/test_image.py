@@ -383,7 +383,7 @@ def test_script_without_engine_prints_context_and_command(repo, configs, tmp_pat
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no Docker engine: "), r.stderr
-    assert (f"docker build --build-arg SERVING_TAG=2.17.0 --tag localhost:5000/tiny-serving:2 "
+    assert (f"docker build --build-arg SERVING_TAG=2.17.0 --target serving --tag localhost:5000/tiny-serving:2 "
             f"--file {out}/Dockerfile {out}") in r.stdout
     assert "docker push localhost:5000/tiny-serving:2" in r.stdout
     assert "tiny versions 1, 2" in r.stdout
@@ -397,7 +397,7 @@ def test_script_context_only_and_gate(repo, trt_repo, configs, tmp_path):
     r = _run_script("--repo", str(repo), "--context", str(tmp_path / "a"), "--context_only",
                     *flags)
     assert r.returncode == 0, r.stderr
-    assert "docker build --build-arg SERVING_TAG=2.17.0-gpu --tag IMAGE" in r.stdout
+    assert "docker build --build-arg SERVING_TAG=2.17.0-gpu --target serving --tag IMAGE" in r.stdout
     r = _run_script("--repo", str(trt_repo), "--context", str(tmp_path / "b"), "--image",
                     "x/y:1", "--serving_tag", "2.18.0-gpu", *flags)
     assert r.returncode == 2
