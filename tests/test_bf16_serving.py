@@ -56,11 +56,11 @@ def test_bf16_mode_from_build_info():
 
 @pytest.mark.parametrize("mode,image_ref,problem", [
     ("profile", "tensorflow/serving:2.17.0", None),
-    ("profile", "tensorflow/serving:2.16.1", None),
-    ("profile", "tensorflow/serving:2.15.0", "predates TF Serving 2.16"),
+    ("profile", "tensorflow/serving:2.15.1", None),
+    ("profile", "tensorflow/serving:2.14.1", "predates TF Serving 2.15"),
     ("profile", "tensorflow/serving:2.17.0-gpu", None),
     ("baked", "tensorflow/serving:2.17.0-gpu", "is a GPU image"),
-    ("baked", "tensorflow/serving:2.15.0", None),  # no flag needed: the graph itself is bf16
+    ("baked", "tensorflow/serving:2.14.1", None),  # no flag needed: the graph itself is bf16
     ("profile", "registry.example.com/team/serving:1", None),  # custom: warned, not refused
     (None, "tensorflow/serving:2.10.0", None),
 ])
@@ -80,7 +80,7 @@ def test_image_problem_for_bf16(mode, image_ref, problem):
     ("profile", "tensorflow/serving:2.17.0-gpu", ["on the GPU", "only converts CPU nodes",
                                                  "use tensorflow/serving:2.17.0"]),
     ("profile", "registry.example.com/team/serving:1", ["not a stock tensorflow/serving image",
-                                                       ">= 2.16"]),
+                                                       ">= 2.15"]),
 ])
 def test_image_warning_for_bf16_is_loud(mode, image_ref, words):
     got = compat.image_warning(False, image_ref, None, bf16=mode)

@@ -261,7 +261,7 @@ def serving_images_summary(has_trt: bool) -> str:
 
 # --------------------------------------------------------------------------- CPU bf16 (issue 12)
 #
-# What the sources say (docs/optimizers.md "Which images run bf16"): TF Serving >= 2.16 has
+# What the sources say (docs/optimizers.md "Which images run bf16"): TF Serving >= 2.15 has
 # --mixed_precision=bfloat16 (model_servers/main.cc), which sets the session rewrite
 # auto_mixed_precision_onednn_bfloat16 for every model (saved_model_bundle_factory.cc) unless
 # --platform_config_file is given. The rewrite exists only where TensorFlow is built with
@@ -272,7 +272,7 @@ def serving_images_summary(has_trt: bool) -> str:
 # AVX_VNNI or AMX (tensorflow/core/util/port.cc), and TF_ENABLE_ONEDNN_OPTS=0 turns it off -
 # then the rewrite silently does nothing.
 
-BF16_MIN_SERVING = (2, 16)  # first TF Serving release with --mixed_precision
+BF16_MIN_SERVING = (2, 15)  # first TF Serving release with --mixed_precision (main.cc, 2.15.0-rc0)
 BF16_CPU_IMAGE = "tensorflow/serving:2.17.0"  # the base to name in refusals
 
 
@@ -304,7 +304,7 @@ def bf16_image_problem(mode: str | None, image: str) -> str | None:
                 f"use {BF16_CPU_IMAGE} on a host with AVX512-BF16/AMX, or re-export without --bake "
                 "(FP32 artefact + serving profile)")
     if stock and mode == "profile" and version is not None and version < BF16_MIN_SERVING:
-        return (f"{image} predates TF Serving 2.16, which added --mixed_precision (the server "
+        return (f"{image} predates TF Serving 2.15, which added --mixed_precision (the server "
                 f"exits on an unknown flag): use {BF16_CPU_IMAGE}")
     return None
 
@@ -323,7 +323,7 @@ def bf16_image_warning(mode: str | None, image: str) -> str | None:
             else "the bf16 graph runs on Eigen's bf16 kernels (no faster than FP32)")
     base = ("the stock x86-64 image has oneDNN compiled in (--config=release) but switches it on "
             "only on CPUs with AVX512_VNNI/AVX512_BF16/AVX_VNNI/AMX" if stock else
-            f"{image} is not a stock tensorflow/serving image: it needs a TF Serving >= 2.16 built "
+            f"{image} is not a stock tensorflow/serving image: it needs a TF Serving >= 2.15 built "
             "for x86-64 Linux (oneDNN) or with --config=mkl_aarch64")
     return (f"bf16 needs oneDNN at run time: {base}; with TF_ENABLE_ONEDNN_OPTS=0 or on a CPU "
             f"without AVX512-BF16/AMX {what}; run it on such hosts (or build "

@@ -1,6 +1,6 @@
 """CPU bf16: oneDNN's auto-mixed-precision rewrite as a measured serving profile, or baked.
 
-Why a *profile* by default: TF Serving >= 2.16 has ``--mixed_precision=bfloat16``
+Why a *profile* by default: TF Serving >= 2.15 has ``--mixed_precision=bfloat16``
 (model_servers/main.cc -> SessionBundleConfig.mixed_precision -> saved_model_bundle_factory.cc),
 which switches on the Grappler rewrite ``auto_mixed_precision_onednn_bfloat16`` in the session of
 every model that server loads. The artefact stays FP32 - portable to any CPU or GPU image - and
