@@ -195,8 +195,48 @@ def accuracy(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     return {"max_abs_diff": float(np.abs(ref - got).max()), "min_cosine": float(cos.min())}
 
 
-def measure(cands: list[Candidate], batch: int, repeats: int, b1_runs: int) -> None:
-    """Interleaved repeats with a rotating start, so background load hits all alike."""
+class ForeignLoad:
+    """CPU used by OTHER processes (all CPUs' busy time from /proc/stat minus this process's),
+    in cores: the project's machines are shared, so every repeat records how busy they were."""
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.start()
+
+    @staticmethod
+    def _busy_ticks() -> int:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v) - v[3] - v[4]  # everything but idle and iowait
+
+    def start(self) -> None:
+        t = os.times()
+        self._t0, self._busy0, self._own0 = time.monotonic(), self._busy_ticks(), t.user + t.system
+
+    def cores(self) -> float:
+        t = os.times()
+        wall = max(time.monotonic() - self._t0, 1e-6)
+        busy = (self._busy_ticks() - self._busy0) / self.tick
+        return max(0.0, (busy - (t.user + t.system - self._own0)) / wall)
+
+
+def wait_for_quiet(limit: float, max_wait: float) -> float:
+    """Sleep until other processes use less than ``limit`` cores (1 s samples), at most
+    ``max_wait`` seconds; returns the last sample."""
+    meter, deadline = ForeignLoad(), time.monotonic() + max_wait
+    while True:
+        meter.start()
+        time.sleep(1.0)
+        load = meter.cores()
+        if load < limit or time.monotonic() > deadline:
+            return load
+
+
+def measure(cands: list[Candidate], batch: int, repeats: int, b1_runs: int,
+            quiet: float, max_wait: float) -> list[float]:
+    """Interleaved repeats with a rotating start, so background load hits all alike; before
+    each repeat wait (bounded) for the other jobs to go quiet. Returns the foreign load (cores)
+    during each repeat."""
     x = np.random.default_rng(0).standard_normal((batch, 160, 160, 3)).astype(np.float32)
     one = x[:1]
     ref = cands[0].run(x)
@@ -204,13 +244,18 @@ def measure(cands: list[Candidate], batch: int, repeats: int, b1_runs: int) -> N
         c.info["accuracy"] = accuracy(ref, c.run(x))
         for _ in range(3):
             c.run(one)
+    foreign = []
     for r in range(repeats):
+        before = wait_for_quiet(quiet, max_wait)
+        meter = ForeignLoad()
         order = cands[r % len(cands):] + cands[:r % len(cands)]
         for c in order:
             c.rates.append(batch / c.timed(x))
             c.latencies.extend(1000 * c.timed(one) for _ in range(b1_runs))
-        log(f"repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{c.label} {c.rates[-1]:.1f}/s" for c in cands))
+        foreign.append(round(meter.cores(), 2))
+        log(f"repeat {r + 1}/{repeats} (other processes: {before:.2f} cores before, "
+            f"{foreign[-1]:.2f} during): " + ", ".join(f"{c.label} {c.rates[-1]:.1f}/s" for c in cands))
+    return foreign
 
 
 def machine() -> dict[str, Any]:
@@ -278,8 +323,11 @@ def render(doc: dict[str, Any]) -> str:
         f"GFLOP/s (best 2048^3 `tf.matmul`). These numbers hold for CPUs like this one only: on "
         f"a CPU without AVX512-BF16/AMX the bf16 rows are 1.00x (measured on AMD EPYC Zen 1).",
         "",
-        f"Load: `{doc['uptime_before']}` before, `{doc['uptime_after']}` after (2 cores shared "
-        "with other jobs: ratios from interleaved repeats hold better than absolute numbers).",
+        f"Load: `{doc['uptime_before']}` before, `{doc['uptime_after']}` after. The cores are "
+        f"shared with other jobs: before each repeat the script waited (at most "
+        f"{s['max_wait_s']:.0f} s) until other processes used < {s['quiet_cores']} cores; they "
+        f"used {', '.join(f'{x:.2f}' for x in doc['foreign_load_cores'])} cores during the "
+        "repeats. Ratios from interleaved repeats hold better than absolute numbers.",
         f"Batch {s['batch']}: {s['repeats']} interleaved repeats (rotating start), items/s min / "
         f"median / max; the per-repeat ratio divides each repeat by the checkpoint flow's run in "
         f"the same repeat. Batch 1: {s['batch1_runs']} runs per repeat, p50 over all runs. Inputs: "
@@ -377,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--batch1_runs", type=int, default=10)
     p.add_argument("--int8", action="store_true", help="add TF's int8 quantizer as a candidate")
+    p.add_argument("--quiet", type=float, default=0.3,
+                   help="wait before each repeat until other processes use < this many cores")
+    p.add_argument("--max_wait", type=float, default=120, help="...for at most this many s")
     p.add_argument("--quantize", nargs=2, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quantize:
@@ -397,13 +448,15 @@ def main(argv: list[str] | None = None) -> int:
         what = EXPORTS[label][2] if label in EXPORTS else INT8[1]
         log(f"loading {label}")
         cands.append(Export(label, path, what))
-    measure(cands, a.batch, a.repeats, a.batch1_runs)
+    foreign = measure(cands, a.batch, a.repeats, a.batch1_runs, a.quiet, a.max_wait)
     rows = results(cands, a.batch)
     doc = {
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(), "gemm_gflops": gflops,
         "uptime_before": before, "uptime_after": uptime(),
-        "settings": {"batch": a.batch, "repeats": a.repeats, "batch1_runs": a.batch1_runs},
+        "settings": {"batch": a.batch, "repeats": a.repeats, "batch1_runs": a.batch1_runs,
+                     "quiet_cores": a.quiet, "max_wait_s": a.max_wait},
+        "foreign_load_cores": foreign,
         "results": rows, "goals": goals(rows),
         "raw": {c.label: {"items_per_s": c.rates, "batch1_ms": c.latencies} for c in cands},
         "command": " ".join(["scripts/bench_bf16.py", *(argv or sys.argv[1:])]),

@@ -102,7 +102,7 @@ def test_capability_needs_onednn_on_too():
 
 def test_refusal_is_one_line_naming_the_missing_feature_and_the_gain():
     with pytest.raises(UnavailableError) as e:
-        bf16.check_request("cpu", False, cpu=bf16.read_cpuinfo(ZEN1), onednn=True)
+        bf16.check_request("cpu", cpu=bf16.read_cpuinfo(ZEN1), onednn=True)
     msg = str(e.value)
     assert "\n" not in msg and e.value.exit_code == 2
     for words in ("--precision bf16", "AMD EPYC 7551", "avx512_bf16 or amx_bf16", "1.00x",
@@ -280,12 +280,12 @@ def test_profile_rewrite_matches_bake_and_differs_from_fp32():
 
 
 @needs_bf16
-@pytest.mark.parametrize("bake", [False, True])
-def test_export_bf16_parity_build_info_and_inspect(tiny_ckpt, tmp_path, bake):
+@pytest.mark.parametrize("optimize,bake", [("cpu", False), ("cpu", True), ("none", True)])
+def test_export_bf16_parity_build_info_and_inspect(tiny_ckpt, tmp_path, optimize, bake):
     from builder.config import compat, inspection
     from builder.core import artifact
 
-    o = pipeline.ExportOptions(model=str(tiny_ckpt), name="t", repo=str(tmp_path), optimize="cpu",
+    o = pipeline.ExportOptions(model=str(tiny_ckpt), name="t", repo=str(tmp_path), optimize=optimize,
                                precision="bf16", bake=bake, batch_sizes=[1, 4], **CKPT_FLAGS)
     result = pipeline.export(o, quiet=True)
     info = result.build_info

@@ -243,9 +243,7 @@ def serving_report(graph_def: Any, tensorrt_version: Iterable[int] | None = None
 
 def bf16_nodes(graph_def: Any) -> int:
     """Nodes computing in bfloat16 (a baked bf16 graph; casts excluded)."""
-    from tensorflow.core.framework import types_pb2
-
-    bf16 = types_pb2.DT_BFLOAT16
+    bf16 = DT_BFLOAT16
     return sum(1 for n in iter_nodes(graph_def)
                if n.op != "Cast" and "T" in n.attr and n.attr["T"].type == bf16)
 
@@ -272,6 +270,7 @@ def serving_images_summary(has_trt: bool) -> str:
 # AVX_VNNI or AMX (tensorflow/core/util/port.cc), and TF_ENABLE_ONEDNN_OPTS=0 turns it off -
 # then the rewrite silently does nothing.
 
+DT_BFLOAT16 = 14  # tensorflow.DataType enum value (types.proto); no TensorFlow import needed
 BF16_MIN_SERVING = (2, 15)  # first TF Serving release with --mixed_precision (main.cc, 2.15.0-rc0)
 BF16_CPU_IMAGE = "tensorflow/serving:2.17.0"  # the base to name in refusals
 

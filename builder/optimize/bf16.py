@@ -169,17 +169,15 @@ def refusal(reason: str) -> str:
             f"{MEASURED_GAIN}: export on such a host, or use --precision fp32")
 
 
-def check_request(optimizer: str, bake: bool, cpu: CpuInfo | None = None,
-                  onednn: bool | None = None) -> None:
-    """``--precision bf16`` with ``--optimize none|cpu``: refuse (exit 2) where it cannot be
-    measured; ``--bake`` only makes sense with bf16 and without TF-TRT."""
+def check_request(optimizer: str, cpu: CpuInfo | None = None, onednn: bool | None = None) -> None:
+    """``--precision bf16`` (baked or not) with ``--optimize none|cpu``: refuse (exit 2) where
+    this host cannot run - and so cannot measure - oneDNN bf16."""
     if optimizer not in ("none", "cpu"):
         raise InputError(f"--precision bf16 is a CPU precision: use --optimize none or cpu "
                          f"(--optimize {optimizer} takes fp32, fp16 or int8)")
     ok, reason = bf16_capability(cpu, onednn)
     if not ok:
         raise UnavailableError(refusal(reason))
-    del bake
 
 
 # --------------------------------------------------------------------------- session configs
@@ -303,14 +301,15 @@ def measure_speedup(fp32_graph: Any, bf16_graph: Any | None, inputs: list[Any],
         return {"skipped": str(e)}
     one = {k: v[:1] for k, v in big.items()}
     load_before = os.getloadavg()[0]
-    runners = {"fp32": _Runner(fp32_graph, inputs, outputs, None),
-               "bf16": _Runner(bf16_graph if bf16_graph is not None else fp32_graph, inputs,
-                               outputs, None if bf16_graph is not None else session_config())}
+    runners = {"fp32": _Runner(fp32_graph, inputs, outputs, None)}
     try:
+        runners["bf16"] = _Runner(bf16_graph if bf16_graph is not None else fp32_graph, inputs,
+                                  outputs, None if bf16_graph is not None else session_config())
         rates: dict[str, list[float]] = {k: [] for k in runners}
         lat: dict[str, list[float]] = {k: [] for k in runners}
         for r in runners.values():  # warm-up: first runs pay for Grappler and oneDNN primitives
-            r.run(big), r.run(one)
+            r.run(big)
+            r.run(one)
         for i in range(repeats):
             order = list(runners.items())
             for name, r in order[i % 2:] + order[:i % 2]:  # alternate who goes first

@@ -102,7 +102,7 @@ def check_request(optimizer: str, precision: str, trt: dict[str, Any] | None = N
     if precision == "bf16":
         from builder.optimize import bf16
 
-        bf16.check_request(optimizer, bake)
+        bf16.check_request(optimizer)
         return
     if precision not in _SUPPORTED[optimizer]:
         if optimizer == "tftrt":
@@ -148,7 +148,7 @@ def optimize_graph(model: NormalizedModel, optimizer: str, precision: str = "fp3
     if precision == "bf16":
         from builder.optimize import bf16
 
-        bf16.check_request(optimizer, bake)
+        bf16.check_request(optimizer)
         gd, bf16_info, more = bf16.optimize(gd, model.inputs, model.outputs, bake, measure_batch)
         passes += more
     elif precision != "fp32" and optimizer != "tftrt":
