@@ -350,8 +350,8 @@ def render(doc: dict[str, Any]) -> str:
         "standard-normal 160x160x3 images (seed 0); accuracy vs the checkpoint flow's "
         "embeddings on the same batch.",
         "",
-        f"| candidate | batch {s['batch']} items/s best (median, min) | vs checkpoint: best | "
-        "paired | CPU time | batch-1 p50 ms best (median) | vs checkpoint: best | paired | "
+        f"| candidate | batch {s['batch']} items/s best (median, min) | vs checkpoint: paired | "
+        "best | CPU time | batch-1 p50 ms best (median) | vs checkpoint: paired | best | "
         "max abs diff | min cosine | saved_model.pb |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -360,19 +360,19 @@ def render(doc: dict[str, Any]) -> str:
         size = f"{r['artifact_bytes'] / 1e6:.0f} MB" if r["artifact_bytes"] else "-"
         lines.append(
             f"| {r['candidate']} | {ips['max']:.1f} ({ips['median']:.1f}, {ips['min']:.1f}) | "
-            f"**{r['speedup_best']:.2f}x** | {r['speedup_paired']['median']:.2f}x | "
+            f"**{r['speedup_paired']['median']:.2f}x** | {r['speedup_best']:.2f}x | "
             f"{r['speedup_cpu_time']:.2f}x | {b1['min']:.1f} ({b1['median']:.1f}) | "
-            f"**{r['batch1_ratio_best']:.2f}x** | {r['batch1_ratio_paired']:.2f}x | "
+            f"**{r['batch1_ratio_paired']:.2f}x** | {r['batch1_ratio_best']:.2f}x | "
             f"{r['max_abs_diff']:.2g} | {r['min_cosine']:.5f} | {size} |")
     lines += ["", "Goals (issue 12, on a CPU with AVX512-BF16 or AMX): batch 100 >= "
               f"{GOALS['speedup_b100']}x the checkpoint flow, batch-1 p50 <= "
-              f"{GOALS['p50_b1_ratio']}x, min cosine >= {GOALS['min_cosine']} (judged on the best "
-              "repeat; paired and CPU-time views in brackets):", ""]
+              f"{GOALS['p50_b1_ratio']}x, min cosine >= {GOALS['min_cosine']} (judged on the paired "
+              "median; best-repeat and CPU-time views in brackets):", ""]
     for g in doc["goals"]:
         lines.append(
-            f"- `{g['candidate']}`: {g['speedup']:.2f}x (paired {g['speedup_paired']:.2f}x, CPU "
-            f"time {g['speedup_cpu_time']:.2f}x), batch-1 {g['batch1_ratio']:.2f}x (paired "
-            f"{g['batch1_ratio_paired']:.2f}x), min cosine {g['min_cosine']:.5f} -> "
+            f"- `{g['candidate']}`: {g['speedup']:.2f}x (best {g['speedup_best']:.2f}x, CPU "
+            f"time {g['speedup_cpu_time']:.2f}x), batch-1 {g['batch1_ratio']:.2f}x (best "
+            f"{g['batch1_ratio_best']:.2f}x), min cosine {g['min_cosine']:.5f} -> "
             f"{'met' if g['met'] else 'NOT met'}" + ("" if g["met"] else f" ({', '.join(g['missed'])})"))
     lines += ["", "Candidates:", ""]
     lines += [f"- `{r['candidate']}`: {r['what']} (`{r['path']}`)" for r in doc["results"]]
@@ -385,15 +385,16 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         if "profile" not in r["candidate"] and "baked" not in r["candidate"]:
             continue
+        # judged on the paired median: robust to both a lucky and a disturbed repeat
+        speedup, b1 = r["speedup_paired"]["median"], r["batch1_ratio_paired"]
         missed = [name for name, bad in (
-            (f"speed-up < {GOALS['speedup_b100']}x", r["speedup_best"] < GOALS["speedup_b100"]),
-            (f"batch-1 > {GOALS['p50_b1_ratio']}x", r["batch1_ratio_best"] > GOALS["p50_b1_ratio"]),
+            (f"speed-up < {GOALS['speedup_b100']}x", speedup < GOALS["speedup_b100"]),
+            (f"batch-1 > {GOALS['p50_b1_ratio']}x", b1 > GOALS["p50_b1_ratio"]),
             (f"cosine < {GOALS['min_cosine']}", r["min_cosine"] < GOALS["min_cosine"])) if bad]
-        out.append({"candidate": r["candidate"], "speedup": r["speedup_best"],
-                    "speedup_paired": r["speedup_paired"]["median"],
+        out.append({"candidate": r["candidate"], "speedup": speedup,
+                    "speedup_best": r["speedup_best"],
                     "speedup_cpu_time": r["speedup_cpu_time"],
-                    "batch1_ratio": r["batch1_ratio_best"],
-                    "batch1_ratio_paired": r["batch1_ratio_paired"],
+                    "batch1_ratio": b1, "batch1_ratio_best": r["batch1_ratio_best"],
                     "min_cosine": r["min_cosine"], "met": not missed, "missed": missed})
     return out
 
@@ -417,16 +418,18 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     ax1.barh(y, best, color=colors)
     ax1.plot(med, y, "k|", markersize=14, label="median repeat")
     for yi, r in zip(y, rows):
-        ax1.text(r["items_per_s"]["max"], yi, f"  {r['speedup_best']:.2f}x", va="center", fontsize=8)
+        ax1.text(r["items_per_s"]["max"], yi, f"  {r['speedup_paired']['median']:.2f}x", va="center",
+                 fontsize=8)
     ax1.set_yticks(y, labels)
     ax1.legend(fontsize=8, loc="lower right")
-    ax1.set_xlabel(f"batch {doc['settings']['batch']}: images/s (bar: best repeat)")
+    ax1.set_xlabel(f"batch {doc['settings']['batch']}: images/s (bar: best repeat, | median; "
+                   "label: paired ratio)")
     p50 = [r["batch1_p50_ms"]["min"] for r in rows]
     ax2.barh(y, p50, color=colors)
     ax2.plot([r["batch1_p50_ms"]["median"] for r in rows], y, "k|", markersize=14)
     for yi, r in zip(y, rows):
-        ax2.text(r["batch1_p50_ms"]["min"], yi, f"  {r['batch1_ratio_best']:.2f}x", va="center",
-                 fontsize=8)
+        ax2.text(max(r["batch1_p50_ms"]["min"], r["batch1_p50_ms"]["median"]), yi,
+                 f"  {r['batch1_ratio_paired']:.2f}x", va="center", fontsize=8)
     ax2.set_yticks(y, [""] * len(rows))
     ax2.set_xlabel("batch 1: p50 latency, ms (bar: best repeat, | median repeat)")
     for ax in (ax1, ax2):
@@ -455,9 +458,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="wait before each repeat until other processes use < this many cores")
     p.add_argument("--max_wait", type=float, default=120, help="...for at most this many s")
     p.add_argument("--quantize", nargs=2, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--rerender", metavar="JSON",
+                   help="rebuild the .md/.png (and goals) from a saved bf16_cpu.json; no measuring")
     a = p.parse_args(argv)
     if a.quantize:
         quantize(Path(a.quantize[0]), Path(a.quantize[1]))
+        return 0
+    if a.rerender:
+        doc = json.loads(Path(a.rerender).read_text())
+        doc["goals"] = goals(doc["results"])
+        write(doc, Path(a.out))
         return 0
     from builder.optimize import bf16
 
@@ -488,13 +498,16 @@ def main(argv: list[str] | None = None) -> int:
                           "batch1_p50_ms": c.p50s, "batch1_ms": c.latencies} for c in cands},
         "command": " ".join(["scripts/bench_bf16.py", *(argv or sys.argv[1:])]),
     }
-    out = Path(a.out)
+    write(doc, Path(a.out))
+    return 0
+
+
+def write(doc: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bf16_cpu.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "bf16_cpu.md").write_text(render(doc))
     plot(doc, out / "bf16_cpu.png")
     print(render(doc))
-    return 0
 
 
 if __name__ == "__main__":
