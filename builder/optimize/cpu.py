@@ -71,9 +71,9 @@ GRAPPLER_PASSES = (
 
 # Why --precision int8 is refused on CPU (measured, docs/optimizers.md "int8 on CPU").
 CPU_INT8_NOTE = (
-    "int8 on CPU is not offered: TF 2.17's own quantizer (static-range int8) made FaceNet "
-    "0.43x as fast as FP32 (XLA op set 0.04x) at min cosine 0.977, measured on AMD EPYC Zen 4 "
-    "(avx512_vnni), while bf16 gives 1.9x at 0.99996 (docs/optimizers.md)"
+    "int8 on CPU is not offered: TF 2.17's own quantizer (static-range int8) made FaceNet 0.32x "
+    "as fast as the FP32 export (XLA op set: 0.04x) at min cosine 0.984, measured on AMD EPYC "
+    "Zen 4 (avx512_vnni), while bf16 gives 1.9x at 0.99996 (docs/benchmarks/bf16_cpu.md)"
 )
 
 
