@@ -12,7 +12,11 @@ setup(
     version="0.1.0",
     description="Turn TensorFlow models into TF Serving repositories (optionally TF-TRT) and prove they serve",
     packages=find_packages(include=["builder", "builder.*"]),
-    package_data={"builder.config": ["opdefs/*.json.gz"]},  # preflight's op snapshots
+    # data files read at run time through importlib.resources
+    package_data={
+        "builder.config": ["opdefs/*.json.gz"],  # preflight's op snapshots
+        "builder.deploy": ["kserve_inferenceservice.schema.json"],
+    },
     python_requires=">=3.9,<3.13",
     install_requires=[
         "tensorflow==2.17.1",
@@ -22,6 +26,7 @@ setup(
         "fire==0.7.1",
         "requests==2.34.2",
         "docker==7.2.0",
+        "aiohttp==3.14.5",  # the local server's REST front end (builder/serve/rest.py)
     ],
     extras_require={
         "s3": ["fsspec==2026.9.0", "s3fs==2026.9.0"],

@@ -2,40 +2,46 @@
 
 User errors (``BuilderError``) print one line and exit 2; anything else is a bug and exits 1
 with its traceback. ``--verbose`` shows tracebacks for user errors too.
+
+Only the chosen command's module is imported (``python -m builder export ...`` never pays for
+the server or the benchmark); ``--help`` without a command imports them all, since fire reads
+each command's docstring for the listing, and none of them imports TensorFlow at module level.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
+from builder.core import log
 from builder.core.errors import BuilderError
 
-# command name -> (module, function). A module that does not exist yet is left out of the CLI.
+# command name -> (module, function)
 COMMANDS: dict[str, tuple[str, str]] = {
     "example": ("builder.example.facenet", "example_command"),
     "export": ("builder.export.pipeline", "export_command"),
     "config": ("builder.config.models_config", "config_command"),
     "inspect": ("builder.config.inspection", "inspect_command"),
     "preflight": ("builder.config.preflight", "preflight_command"),
-    "serve": ("builder.serve.server", "serve_command"),
+    "serve": ("builder.serve.local", "serve_command"),
     "publish": ("builder.publish.api", "publish_command"),
     "pull": ("builder.publish.api", "pull_command"),
     "verify": ("builder.publish.api", "verify_command"),
-    "deploy": ("builder.deploy.kubernetes", "deploy_command"),
+    "deploy": ("builder.deploy.command", "deploy_command"),
     "benchmark": ("builder.bench.benchmark", "benchmark_command"),
 }
 
 
-def _commands() -> dict:
+def load_commands(args: list[str]) -> dict[str, Callable[..., object]]:
+    """The chosen command only (first argument), or every command for the listing."""
+    chosen = [args[0]] if args and args[0] in COMMANDS else list(COMMANDS)
     out = {}
-    for name, (mod, fn) in COMMANDS.items():
-        if importlib.util.find_spec(mod) is None:
-            continue
+    for name in chosen:
+        mod, fn = COMMANDS[name]
         out[name] = getattr(importlib.import_module(mod), fn)
     return out
 
@@ -45,12 +51,9 @@ def _quiet_tensorflow() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m builder`` and the ``tfs-builder`` console script."""
-    import fire
-
+def _normalise(argv: list[str] | None) -> tuple[list[str], bool]:
+    """``--from`` -> ``--from_`` (a Python keyword cannot be a parameter); strip ``--verbose``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    # `from` is a Python keyword, so `pull --from REF` reaches the function as `from_`
     args = ["--from_" if a == "--from" else ("--from_=" + a[7:] if a.startswith("--from=") else a)
             for a in args]
     verbose = False
@@ -58,10 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         if flag in args:
             args.remove(flag)
             verbose = True
+    return args, verbose
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m builder`` and the ``tfs-builder`` console script."""
+    import fire
+
+    args, verbose = _normalise(argv)
     if not verbose:
         _quiet_tensorflow()
+    log.setup(verbose)
     try:
-        result = fire.Fire(_commands(), command=args, name="builder")
+        fire.Fire(load_commands(args), command=args, name="builder")
     except BuilderError as e:
         if verbose:
             traceback.print_exc()
@@ -77,5 +89,4 @@ def main(argv: list[str] | None = None) -> int:
         print("internal error: this is a bug in tfs-builder, please report it with the "
               "traceback above", file=sys.stderr)
         return 1
-    del result
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builder.serve.server import (
+from builder.serve.handles import (
     LOG_BEGIN,
     LOG_END,
     ContainerServer,
@@ -25,6 +25,8 @@ from builder.serve.server import (
     gpu_unavailable_reason,
 )
 from integration_tests.fixture_models import (
+    build_example_model,
+    build_half_plus_two,
     build_toy_version,
     read_build_info,
     read_golden,
@@ -65,17 +67,23 @@ class Repo:
 
 def build_repo(root: Path) -> Repo:
     """toy/1, toy/2 served as "toy" (policy all, labels stable->1, canary->2) and as
-    "toy_latest" (default latest policy: only 2); batching/monitoring companions beside it."""
+    "toy_latest" (default latest policy: only 2); a builder-exported facenet/1; census/1 (a
+    tf.Example classifier/regressor); half_plus_two/00000123 (TF Serving's quick start);
+    batching/monitoring companions beside it."""
     from builder.config.companions import batch_sizes_from_repo, write_companions
 
     for v in (1, 2):
         build_toy_version(root, "toy", v, batch_sizes=BATCH_SIZES)
     export_facenet_style(root)
+    build_example_model(root, "census", 1)  # tf.Example model: Classify / Regress / MultiInference
+    build_half_plus_two(root / "half_plus_two")  # TF Serving's quick-start model, as 00000123
     config = write_models_config(root / "models.config", [
         {"name": "toy", "base_path": root / "toy", "policy": "all",
          "labels": {"stable": 1, "canary": 2}},
         {"name": "toy_latest", "base_path": root / "toy"},
         {"name": "facenet", "base_path": root / "facenet"},
+        {"name": "census", "base_path": root / "census"},
+        {"name": "half_plus_two", "base_path": root / "half_plus_two"},
     ])
     companions = write_companions(root / "serving", batch_sizes_from_repo(root))
     repo = Repo(root, config, companions["batching"], companions["monitoring"],
@@ -92,12 +100,8 @@ def build_repo(root: Path) -> Repo:
 def export_facenet_style(root: Path) -> Path:
     """A version written by the builder itself (``builder.export``) from a FaceNet-style TF1
     training checkpoint: queue-fed ``input`` cut away, ``phase_train`` folded."""
-    import sys
-
     from builder.export import pipeline
-
-    sys.path.insert(0, str(PROJECT / "tests"))
-    import models  # the tiny FaceNet-interface checkpoint of the unit tests
+    from tests.helpers import models  # the tiny FaceNet-interface checkpoint of the unit tests
 
     ckpt = models.write_tiny_checkpoint(root.parent / f"{root.name}-facenet-ckpt")
     result = pipeline.export(pipeline.ExportOptions(
@@ -172,9 +176,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 @pytest.fixture(scope="module")
 def rest(server):
     """A keep-alive REST client on the backend under test."""
-    from integration_tests.clients import Rest
+    from builder.serve.client import RestClient
 
-    c = Rest(server)
+    c = RestClient(server.rest_url)
     yield c
     c.close()
 
@@ -182,8 +186,8 @@ def rest(server):
 @pytest.fixture(scope="module")
 def grpc_client(server):
     """A gRPC client (official tensorflow_serving.apis stubs) on the backend under test."""
-    from integration_tests.clients import Grpc
+    from builder.serve.client import GrpcClient
 
-    c = Grpc(server)
+    c = GrpcClient(server.grpc_target, max_message_bytes=64 * 1024 * 1024)
     yield c
     c.close()

@@ -15,12 +15,12 @@ import grpc
 import numpy as np
 import pytest
 
-from integration_tests.clients import Grpc, Rest, outputs, rows_to_arrays
+from builder.serve.client import GrpcClient, RestClient, outputs, rows_to_arrays
 from integration_tests.conftest import LIMIT
 from integration_tests.fixture_models import sample_inputs
 
 
-def assert_still_serving(rest: Rest, grpc_client: Grpc, toy_repo) -> None:
+def assert_still_serving(rest: RestClient, grpc_client: GrpcClient, toy_repo) -> None:
     x = toy_repo.golden[("toy", 1)]["in/x"]
     want = toy_repo.golden[("toy", 1)]["out/y"]
     status, body = rest.post("/v1/models/toy/versions/1:predict", {"instances": x.tolist()})
@@ -92,23 +92,23 @@ def test_rest_body_over_size_limit(server, rest, grpc_client, toy_repo):
 
 
 GRPC_CASES = [
-    ("unknown-model", dict(name="nope", inputs={"x": X}), grpc.StatusCode.NOT_FOUND,
+    ("unknown-model", dict(model="nope", inputs={"x": X}), grpc.StatusCode.NOT_FOUND,
      r"Servable not found for request: Latest\(nope\)"),
-    ("unknown-version", dict(name="toy", inputs={"x": X}, version=99), grpc.StatusCode.NOT_FOUND,
+    ("unknown-version", dict(model="toy", inputs={"x": X}, version=99), grpc.StatusCode.NOT_FOUND,
      r"Servable not found for request: Specific\(toy, 99\)"),
-    ("unknown-label", dict(name="toy", inputs={"x": X}, label="nope"), grpc.StatusCode.INVALID_ARGUMENT,
+    ("unknown-label", dict(model="toy", inputs={"x": X}, label="nope"), grpc.StatusCode.INVALID_ARGUMENT,
      r"Unrecognized servable version label: nope"),
-    ("unknown-signature", dict(name="toy", inputs={"x": X}, version=1, signature="nope"),
+    ("unknown-signature", dict(model="toy", inputs={"x": X}, version=1, signature="nope"),
      grpc.StatusCode.FAILED_PRECONDITION, r'Serving signature key "nope" not found'),
-    ("missing-input", dict(name="toy", inputs={"a": X}, version=1, signature="pair"),
+    ("missing-input", dict(model="toy", inputs={"a": X}, version=1, signature="pair"),
      grpc.StatusCode.INVALID_ARGUMENT, r"input size does not match signature: 1!=2"),
-    ("extra-input", dict(name="toy", inputs={"x": X, "q": X}, version=1),
+    ("extra-input", dict(model="toy", inputs={"x": X, "q": X}, version=1),
      grpc.StatusCode.INVALID_ARGUMENT, r"Sent extra: \{q\}"),
-    ("wrong-dtype", dict(name="toy", inputs={"x": np.array([[b"a"] * 4], dtype=object)}, version=1),
+    ("wrong-dtype", dict(model="toy", inputs={"x": np.array([[b"a"] * 4], dtype=object)}, version=1),
      grpc.StatusCode.INVALID_ARGUMENT, r"Expects arg\[0\] to be float but string is provided"),
-    ("wrong-shape", dict(name="toy", inputs={"x": np.zeros((2, 3), np.float32)}, version=1),
+    ("wrong-shape", dict(model="toy", inputs={"x": np.zeros((2, 3), np.float32)}, version=1),
      grpc.StatusCode.INVALID_ARGUMENT, r"(?i)shape|size-incompatible"),
-    ("bad-output-filter", dict(name="toy", inputs={"x": X}, version=1, output_filter=("w",)),
+    ("bad-output-filter", dict(model="toy", inputs={"x": X}, version=1, output_filter=("w",)),
      grpc.StatusCode.INVALID_ARGUMENT, r"output tensor alias not found in signature: w"),
 ]
 

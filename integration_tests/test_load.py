@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from integration_tests.clients import Grpc, Rest, outputs, rows_to_arrays
+from builder.serve.client import GrpcClient, RestClient, outputs, rows_to_arrays
 from integration_tests.conftest import BACKENDS, Repo, make_server, started
 from integration_tests.fixture_models import build_toy_version, sample_inputs, toy_reference, write_models_config
 
@@ -46,7 +46,7 @@ def client(kind: str, server, stop: threading.Event, tally: Tally, x: np.ndarray
     """One client thread: REST rows or gRPC; checks each answer against the numpy reference of
     the version that answered (REST carries no version, so any accepted version must match)."""
     refs = {v: toy_reference(x, v)["y"] for v in accept}
-    conn = Rest(server) if kind == "rest" else Grpc(server)
+    conn = RestClient(server.rest_url) if kind == "rest" else GrpcClient(server.grpc_target)
     path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
     body = {"instances": x.tolist()}
     try:
@@ -196,7 +196,7 @@ def test_version_added_and_removed_under_load(hot_server, record_property):
           f"{timeline['remove_seconds']:.2f} s; {n} requests, {rps:.0f} req/s, p99 {p99:.1f} ms, 0 errors")
     record_property("add_seconds", round(timeline["add_seconds"], 2))
     record_property("remove_seconds", round(timeline["remove_seconds"], 2))
-    status = Grpc(server)
+    status = GrpcClient(server.grpc_target)
     try:
         states = {s.version: s.state for s in status.status("hot").model_version_status}
     finally:
@@ -204,3 +204,45 @@ def test_version_added_and_removed_under_load(hot_server, record_property):
     assert states.get(2) == get_model_status_pb2.ModelVersionStatus.AVAILABLE
     assert states.get(1) == get_model_status_pb2.ModelVersionStatus.AVAILABLE
     assert states.get(3) != get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+@pytest.mark.slow
+def test_32_clients_while_a_version_is_added_and_the_served_version_deleted(hot_server, record_property):
+    """16 REST + 16 gRPC clients (12 of each follow "latest", 4 pin version 2) for ~20 s while
+    version 3 is added and then, while it serves "latest", deleted: 0 failed requests, every
+    answer equal to the reference of the version that served it, no latest client ever
+    answered by 3 after having fallen back to 2."""
+    server = hot_server
+    x = sample_inputs(2, seed=9)
+    specs = ([("grpc", "hot", None, x)] * 12 + [("grpc", "hot", 2, x)] * 4
+             + [("rest", "hot", None, x)] * 12 + [("rest", "hot", 2, x)] * 4)
+    timeline = {}
+
+    def during(tallies):
+        time.sleep(2.0)
+        os.rename(server.aside, server.repo_root / "hot" / "3")
+        timeline["add_seconds"] = _wait_for_latest(tallies, 3, 30)
+        time.sleep(6.0)
+        shutil.rmtree(server.repo_root / "hot" / "3")  # the version "latest" is being served from
+        timeline["remove_seconds"] = _wait_for_latest(tallies, 2, 30)
+        time.sleep(6.0)
+
+    t0 = time.monotonic()
+    tallies = run_clients(specs, server, 0, during=during)
+    elapsed = time.monotonic() - t0
+    errors = [e for t in tallies.values() for e in t.errors]
+    n, rps, p99 = summary(tallies, elapsed)
+    print(f"\nROLL32 {server.backend}: {n} requests in {elapsed:.1f} s ({rps:.0f} req/s, p99 {p99:.0f} ms), "
+          f"{len(errors)} failed; add picked up in {timeline['add_seconds']:.2f} s, removal in "
+          f"{timeline['remove_seconds']:.2f} s")
+    record_property("requests", n)
+    record_property("failed", len(errors))
+    assert errors == [], errors[:5]
+    assert all(len(t.latencies) >= 5 for t in tallies.values()), "a client barely ran"
+    for key, t in tallies.items():
+        if key.endswith("grpc") and int(key.split(":")[0]) < 12 and 3 in t.versions:
+            first3 = t.versions.index(3)
+            last3 = len(t.versions) - 1 - t.versions[::-1].index(3)
+            assert set(t.versions[first3:last3 + 1]) == {3}, f"{key} went back to 2 and then to 3 again"
+        elif key.endswith("grpc") and int(key.split(":")[0]) >= 12:
+            assert set(t.versions) == {2}, f"{key} pinned to version 2 got {set(t.versions)}"

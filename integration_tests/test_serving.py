@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from builder.config.companions import load_latency_budget
-from builder.serve.server import trt_engine_builds
-from integration_tests.clients import outputs, rows_to_arrays
+from builder.serve.client import outputs, rows_to_arrays
 from integration_tests.conftest import BATCH_SIZES, SERVING_CONFIGS, Repo
 from integration_tests.fixture_models import sample_inputs, toy_reference
+from integration_tests.log_checks import trt_engine_builds
 
 
 def assert_golden(got: dict[str, np.ndarray], repo: Repo, model: str, version: int) -> None:
@@ -228,3 +228,39 @@ def test_prometheus_metrics_endpoint(server, rest, grpc_client, toy_repo):
     assert status == 200
     assert ":tensorflow:serving:request_count" in text
     assert 'model_name="toy"' in text
+
+
+def test_tf_serving_quick_start_on_a_00000123_version(server, rest):
+    """g3doc/docker.md verbatim: the version directory 00000123 is version 123, and [3] feeds
+    the [-1, 1] input (shapes are the graph's business)."""
+    status, body = rest.post("/v1/models/half_plus_two:predict", '{"instances": [1.0, 2.0, 5.0]}')
+    assert status == 200 and body == {"predictions": [2.5, 3.0, 4.5]}
+    status, body = rest.get("/v1/models/half_plus_two")
+    assert status == 200 and [s["version"] for s in body["model_version_status"]] == ["123"]
+
+
+def test_classify_and_regress_over_rest_and_grpc(server, rest, grpc_client):
+    from builder.serve.client import CLASSIFY, REGRESS, classifications
+    from integration_tests.fixture_models import EXAMPLE_CLASSES, example_model_reference
+
+    examples = [{"x": [0.5, -1.0], "k": 1}, {"x": [2.0, 0.25]}]
+    ref = example_model_reference(examples)
+    status, body = rest.post("/v1/models/census:classify", {"examples": examples})
+    assert status == 200, body
+    assert [[label for label, _ in row] for row in body["result"]] == [[c.decode() for c in EXAMPLE_CLASSES]] * 2
+    np.testing.assert_allclose([[s for _, s in row] for row in body["result"]], ref["scores"], rtol=1e-5)
+    status, body = rest.post("/v1/models/census:regress", {"signature_name": "regress", "context": {"k": 1},
+                                                           "examples": [{"x": [1.0, 1.0]}, {"x": [0.0, 2.0], "k": 3}]})
+    assert status == 200 and body["result"] == pytest.approx([2.0, 4.0])
+    status, body = rest.post("/v1/models/half_plus_two:regress",
+                             {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}, {"x": 2.0}]})
+    assert status == 200 and body == {"result": [2.5, 3.0]}
+    resp = grpc_client.classify("census", examples)
+    np.testing.assert_allclose([[s for _, s in row] for row in classifications(resp.result)], ref["scores"], rtol=1e-5)
+    resp = grpc_client.regress("census", examples, signature="regress")
+    np.testing.assert_allclose([r.value for r in resp.result.regressions], ref["value"].ravel(), rtol=1e-5)
+    resp = grpc_client.multi_inference("census", examples, [("", CLASSIFY), ("regress", REGRESS)])
+    assert [r.model_spec.signature_name for r in resp.results] == ["serving_default", "regress"]
+    # a signature of the wrong kind: TF Serving's structural check (method names unchecked by default)
+    status, body = rest.post("/v1/models/toy/versions/1:classify", {"examples": [{"x": [1.0]}]})
+    assert status == 400 and body["error"].startswith("No classification inputs found in SignatureDef")

@@ -32,14 +32,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from builder.bench import measure, report
+from builder.core import log
 
-from builder.bench import benchmark  # noqa: E402 - after the path fix so the script runs from anywhere
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
     else sys.executable
+_LOG = log.get("bench_facenet")
 GOAL_SECONDS = 30.0
 GOAL_RSS_GB = 3.0
 
@@ -62,14 +63,14 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     """Run ``cmd`` in its own process; wall time, CPU time and peak RSS of exactly that process
     (``os.wait4``), plus how busy the rest of the machine was meanwhile."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-    stat0 = benchmark._proc_stat()
+    stat0 = measure.proc_stat()
     t0 = time.monotonic()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - t0
-    stat1 = benchmark._proc_stat()
+    stat1 = measure.proc_stat()
     cpu = usage.ru_utime + usage.ru_stime
     out = {"command": shlex.join(["python", *cmd[1:]]), "exit_code": proc.returncode,
            "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
@@ -86,10 +87,11 @@ def run_measured(cmd: list[str], log: Path) -> dict:
 
 
 def say(text: str) -> None:
-    print(f"[bench_facenet] {text}", file=sys.stderr, flush=True)
+    """Progress on the builder log channel (stderr), prefixed with the script's name."""
+    _LOG.info(f"[bench_facenet] {text}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--example", default=None, help="FaceNet example dir (default example_model, "
                     "written if missing)")
@@ -104,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=1, help="gRPC client threads")
     ap.add_argument("--tiny", action="store_true", help="smoke test on the tiny example")
     ap.add_argument("--gpu", action="store_true", help="add TF-TRT FP32/FP16/INT8 candidates")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    log.setup()
     work = Path(args.work).resolve()
     image = 80 if args.tiny else 160
     example = Path(args.example).resolve() if args.example else (
@@ -132,9 +138,21 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [PY, "-m", "builder", "example", "--out", str(example)] + (["--tiny"] if args.tiny else [])
         r = run_measured(cmd, logs / "example.log")
         say(f"  {r['wall_seconds']:.0f} s")
-    flags = loader_flags(image)
+    # 2. exports, each measured; 3. the local server, 4. the benchmark
+    cost = _exports(args, example, work, repo, logs, image)
+    bench_cost = _serve_and_benchmark(args, example, repo, logs, docs, basename, image)
+    if not args.gpu:
+        _write_export_cost(docs, cost, bench_cost, example)
+    say(f"wrote {rel(docs / (basename + '.md'))}, .json, .png"
+        + ("" if args.gpu else f" and {rel(docs / 'export_cost.md')}"))
+    print((docs / f"{basename}.md").read_text())
+    return 0
 
-    # 2. exports, each measured
+
+def _exports(args: argparse.Namespace, example: Path, work: Path, repo: Path, logs: Path,
+             image: int) -> list[dict]:
+    """Every export flow (and the CPU-optimised one; TF-TRT with --gpu), each in its own
+    measured process."""
     exports = [("checkpoint", "facenet", example / "checkpoint", []),
                ("frozen", "facenet_frozen", example / "frozen" / "facenet.pb", []),
                ("savedmodel", "facenet_savedmodel", example / "savedmodel", []),
@@ -150,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for flow, name, model, extra in exports:
         say(f"export {name} ({flow} flow{' ' + ' '.join(extra) if extra else ''}) ...")
         cmd = [PY, "-m", "builder", "export", "--flow", flow, "--model", rel(model), "--name", name,
-               "--repo", rel(repo), *flags, *extra]
+               "--repo", rel(repo), *loader_flags(image), *extra]
         r = run_measured(cmd, logs / f"export_{name}.log")
         info = json.loads((repo / name / "1" / "assets.extra" / "build_info.json").read_text())
         r.update(flow=flow, name=name, optimize=info["optimizer"], precision=info["precision"],
@@ -158,11 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         cost.append(r)
         say(f"  {r['wall_seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU, "
             f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GB, other load {r.get('other_cpu_fraction', 0):.0%}")
+    return cost
 
-    # 3. the local server, 4. the benchmark
+
+def _serve_and_benchmark(args: argparse.Namespace, example: Path, repo: Path, logs: Path,
+                         docs: Path, basename: str, image: int) -> dict:
+    """``python -m builder serve`` on the plain export, then ``python -m builder benchmark``
+    over every candidate plus gRPC through that server; returns the benchmark's own cost."""
     from builder.serve.server import ModelEntry, ProcessServer, model_server_config_text
 
-    config = work / "models.config"
+    config = Path(args.work).resolve() / "models.config"
     config.write_text(model_server_config_text([ModelEntry("facenet", str(repo / "facenet"))]))
     say("starting python -m builder serve for facenet ...")
     server = ProcessServer(config, file_system_poll_wait_seconds=0, start_timeout=600)
@@ -180,32 +203,29 @@ def main(argv: list[str] | None = None) -> int:
                "--grpc", f"{server.grpc_target}/facenet", "--concurrency", str(args.concurrency),
                "--batch_sizes", args.batch_sizes, "--warmup", str(args.warmup),
                "--repeats", str(args.repeats), "--seconds", str(args.seconds), "--runs", str(args.runs),
-               *flags, "--server_pids", str(server.proc.pid),
+               *loader_flags(image), "--server_pids", str(server.proc.pid),
                "--out", rel(docs), "--basename", basename]
-        say("benchmark: " + shlex.join(["python", *cmd[1:]]))
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        t0 = time.monotonic()
-        with open(logs / "benchmark.log", "w") as f:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.PIPE, text=True, env=env)
-            assert proc.stderr is not None
-            for line in proc.stderr:  # progress lines, live
-                if line.startswith(("[batch", "loading", "  loaded", "measuring", "counting", "  ")):
-                    print("  " + line.rstrip(), file=sys.stderr, flush=True)
-            _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            print((logs / "benchmark.log").read_text()[-2000:], file=sys.stderr)
-            raise SystemExit("bench_facenet: the benchmark failed")
-        bench_cost = {"wall_seconds": round(time.monotonic() - t0, 1),
-                      "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+        return _run_benchmark(cmd, logs)
     finally:
         server.stop()
 
-    if not args.gpu:
-        _write_export_cost(docs, cost, bench_cost, example)
-    say(f"wrote {rel(docs / (basename + '.md'))}, .json, .png"
-        + ("" if args.gpu else f" and {rel(docs / 'export_cost.md')}"))
-    print((docs / f"{basename}.md").read_text())
-    return 0
+
+def _run_benchmark(cmd: list[str], logs: Path) -> dict:
+    """The benchmark in its own process, its progress lines relayed live."""
+    say("benchmark: " + shlex.join(["python", *cmd[1:]]))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    t0 = time.monotonic()
+    with open(logs / "benchmark.log", "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.PIPE, text=True, env=env)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # progress lines, live
+            if line.startswith(("[batch", "loading", "  loaded", "measuring", "counting", "  ")):
+                print("  " + line.rstrip(), file=sys.stderr, flush=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        print((logs / "benchmark.log").read_text()[-2000:], file=sys.stderr)
+        raise SystemExit("bench_facenet: the benchmark failed")
+    return {"wall_seconds": round(time.monotonic() - t0, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 def _write_calibration(path: Path, image: int) -> None:
@@ -222,21 +242,21 @@ def _write_calibration(path: Path, image: int) -> None:
 
 
 def _write_export_cost(docs: Path, cost: list[dict], bench_cost: dict, example: Path) -> None:
-    machine = benchmark.machine_info()
+    machine = measure.machine_info()
     doc = {"machine": machine, "goal": {"seconds": GOAL_SECONDS, "peak_rss_gb": GOAL_RSS_GB},
            "exports": cost, "benchmark_process": bench_cost}
-    (docs / "export_cost.json").write_text(json.dumps(benchmark._jsonable(doc), indent=2) + "\n")
+    (docs / "export_cost.json").write_text(json.dumps(report.jsonable(doc), indent=2) + "\n")
     lines = [
         "# What the builder costs: `export` of the FaceNet example",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {benchmark.cpu_description(machine)}"
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {measure.cpu_description(machine)}"
         f", {machine['cpus_usable']} cores, {machine['memory_gb']} GB RAM, {platform.system()}, "
         f"TensorFlow {machine['tensorflow']}, by `scripts/bench_facenet`. Each export runs in its "
         "own process and includes loading, writing the SavedModel, warmup records, golden outputs "
         "and the parity check; peak RSS is that process's maximum resident set (wait4 rusage).",
         "",
         f"Goal: an export of the FaceNet checkpoint in under {GOAL_SECONDS:.0f} s with a peak RSS "
-        f"under {GOAL_RSS_GB:.0f} GB on this machine.",
+        f"under {GOAL_RSS_GB:.0f} GB on the machine measured.",
         "",
         "| export | wall s | CPU s (user+sys) | peak RSS GB | other processes' CPU | parity max abs diff | goal |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -253,7 +273,7 @@ def _write_export_cost(docs: Path, cost: list[dict], bench_cost: dict, example: 
     lines += [
         "",
         "\"Other processes' CPU\" is the share of all cores used by anything else during that "
-        "export: this machine is shared, and wall time grows with it while CPU time does not.",
+        "export: the machine is shared, and wall time grows with it while CPU time does not.",
         f"The benchmark process itself peaked at {bench_cost['peak_rss_mb'] / 1024:.2f} GB RSS "
         f"(four FaceNet sessions loaded at once) and took {bench_cost['wall_seconds'] / 60:.1f} min.",
         "",

@@ -1,19 +1,17 @@
-"""Shared fixtures: tiny real models in every input flow, built once per test session."""
+"""Shared fixtures: tiny real models in every input flow, built once per test session.
+
+Helpers (the CLI runner, the models, the test servers) live in the ``tests.helpers`` package."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tests.helpers import models, registry_servers
 
-import models  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @pytest.fixture(scope="session")
@@ -51,22 +49,6 @@ def tiny_keras(model_dir) -> Path:
     return models.write_tiny_keras(model_dir / "tiny.keras")
 
 
-# the FaceNet-style checkpoint needs these flags (input is a queue-fed Identity, not a placeholder)
-# (its shape is recovered from the queue's component shapes, so no --input_shapes is needed)
-CKPT_FLAGS = dict(inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},
-                  input_alias={"input": "images"})
-CKPT_ARGS = ["--inputs", "input", "--outputs", "embeddings", "--feed", "phase_train=false",
-             "--input_alias", "input=images"]
-
-
-def run_builder(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real CLI in a fresh process, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "builder", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
-    )
-
-
 @pytest.fixture(scope="session")
 def facenet_tiny(tmp_path_factory) -> dict:
     """The built-in FaceNet example at tiny size: same interface, ops and formats."""
@@ -78,8 +60,6 @@ def facenet_tiny(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def s3_server(pytestconfig):
     """One real S3 server (SeaweedFS on 127.0.0.1) for the whole session."""
-    import registry_servers
-
     return registry_servers.seaweedfs(pytestconfig)
 
 

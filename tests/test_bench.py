@@ -8,15 +8,14 @@ import json
 import math
 import struct
 
-import models
 import numpy as np
 import pytest
-from conftest import CKPT_FLAGS, run_builder
 
-from builder.bench import benchmark
-from builder.core.errors import InputError, ServingError
+from builder.bench import benchmark, candidates, measure, report, runners
+from builder.core.errors import GraphError, InputError, ServingError
 from builder.export import pipeline
 from builder.serve.server import LocalServer
+from tests.helpers import CKPT_FLAGS, models, run_builder
 
 LOADER_FLAGS = dict(inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},
                     input_alias={"input": "images"}, input_shapes={"input": "?x8x8x3"})
@@ -42,7 +41,7 @@ def _options(specs, **kw):
     base = dict(batch_sizes=BATCHES, warmup=1, repeats=2, runs=3, gemm_size=128, quiet=True,
                 **LOADER_FLAGS)
     base.update(kw)
-    return benchmark.BenchOptions(candidates=benchmark.parse_candidates(specs), **base)
+    return candidates.BenchOptions(candidates=candidates.parse_candidates(specs), **base)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def _row(doc, label, batch):
 
 def test_candidate_kinds_targets_and_labels(tiny_ckpt, tiny_frozen, tiny_tf1_sm, repo):
     version = repo / "toy" / "1"
-    specs = benchmark.parse_candidates(
+    specs = candidates.parse_candidates(
         [str(tiny_ckpt), f"fz={tiny_frozen}", f"ex={version}", f"latest={repo / 'toy'}",
          f"sm=savedmodel:{version}", f"src={tiny_tf1_sm}", "g2=127.0.0.1:8500/toy/1",
          "r2=http://127.0.0.1:8501/v1/models/toy/versions/1"],
@@ -103,7 +102,7 @@ def test_cli_accepts_positional_and_comma_list_candidates(tiny_ckpt, repo, tmp_p
 ])
 def test_bad_specs_are_one_line_input_errors(spec, message, tiny_ckpt):
     with pytest.raises(InputError) as e:
-        benchmark.parse_candidates([spec.format(ckpt=tiny_ckpt)])
+        candidates.parse_candidates([spec.format(ckpt=tiny_ckpt)])
     assert message in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -123,13 +122,31 @@ def test_bad_options_fail_before_loading(tiny_ckpt):
                         (dict(repeats=0), "--repeats"), (dict(batch_sizes=[]), "--batch_sizes"),
                         (dict(samples="/nope.npz"), "--samples"), (dict(concurrency=0), "--concurrency")]:
         with pytest.raises(InputError, match=message.replace("-", r"\-")):
-            benchmark.validate(_options([str(tiny_ckpt)], **kw))
+            candidates.validate(_options([str(tiny_ckpt)], **kw))
 
 
 def test_unreachable_server_is_a_serving_error(repo):
     o = _options([f"export={repo / 'toy' / '1'}", "g=127.0.0.1:1/toy"])
     with pytest.raises(ServingError, match=r"candidate 'g=127.0.0.1:1/toy': gRPC 127.0.0.1:1.*UNAVAILABLE"):
         benchmark.run_benchmark(o)
+
+
+def test_each_error_names_its_candidate_once(tiny_ckpt, repo, tmp_path):
+    """Loader errors get the candidate's label added; a runner's own errors (typed, already
+    naming the candidate) are not prefixed a second time. Same error classes either way."""
+    o = _options([f"ckpt={tiny_ckpt}"], **{**LOADER_FLAGS, "outputs": ["no_such_node"]})
+    with pytest.raises(GraphError) as e:
+        benchmark.run_benchmark(o)
+    assert str(e.value).startswith("candidate 'ckpt': ") and str(e.value).count("candidate ") == 1
+    assert "no_such_node" in str(e.value)
+    broken = tmp_path / "toy" / "1"
+    broken.mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"not a protobuf")
+    o = _options([f"x=export:{broken}"])
+    with pytest.raises(runners.CandidateInputError) as e:
+        benchmark.run_benchmark(o)
+    assert str(e.value).startswith(f"candidate 'x=export:{broken}': ") and \
+        str(e.value).count("candidate ") == 1
 
 
 def test_mismatched_input_names_are_reported(tiny_ckpt, repo):
@@ -143,7 +160,7 @@ def test_mismatched_input_names_are_reported(tiny_ckpt, repo):
 
 
 def test_summarize_percentiles_and_repeat_spread():
-    s = benchmark.summarize([[0.001, 0.002, 0.003, 0.004], [0.010]], [100.0, 300.0, 200.0])
+    s = measure.summarize([[0.001, 0.002, 0.003, 0.004], [0.010]], [100.0, 300.0, 200.0])
     assert s["runs"] == 5
     assert s["latency_ms"]["p50"] == pytest.approx(3.0)
     assert s["latency_ms"]["min"] == pytest.approx(1.0) and s["latency_ms"]["max"] == pytest.approx(10.0)
@@ -236,7 +253,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_outputs_json_markdown_png(doc, tmp_path):
-    files = benchmark.write_outputs(doc, tmp_path / "out")
+    files = report.write_outputs(doc, tmp_path / "out")
     assert [f.name for f in files] == ["results.json", "results.md", "latency_throughput.png"]
     data = json.loads(files[0].read_text())
     for key in ("tool", "created", "command", "machine", "load", "settings", "gemm", "reference",
@@ -256,7 +273,7 @@ def test_outputs_json_markdown_png(doc, tmp_path):
 
 
 def test_basename_names_the_outputs(doc, tmp_path):
-    files = benchmark.write_outputs(doc, tmp_path, "facenet_cpu")
+    files = report.write_outputs(doc, tmp_path, "facenet_cpu")
     assert [f.name for f in files] == ["facenet_cpu.json", "facenet_cpu.md", "facenet_cpu.png"]
     assert "(facenet_cpu.png)" in files[1].read_text()
 
@@ -264,14 +281,14 @@ def test_basename_names_the_outputs(doc, tmp_path):
 def test_a_failed_write_leaves_nothing(doc, tmp_path):
     broken = {k: v for k, v in doc.items() if k != "machine"}
     with pytest.raises(KeyError):
-        benchmark.write_outputs(broken, tmp_path)
+        report.write_outputs(broken, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_json_has_no_nan(tmp_path, doc):
-    patched = json.loads(json.dumps(benchmark._jsonable(doc)))
+    patched = json.loads(json.dumps(report.jsonable(doc)))
     patched["results"][0]["latency_ms"]["p99"] = float("nan")
-    benchmark.write_outputs(patched, tmp_path)
+    report.write_outputs(patched, tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["results"][0]["latency_ms"]["p99"] is None
     assert not any(isinstance(v, float) and math.isnan(v) for v in data["results"][0]["latency_ms"].values()

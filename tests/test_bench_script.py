@@ -7,7 +7,8 @@ import json
 import subprocess
 
 import pytest
-from conftest import ROOT
+
+from tests.helpers import ROOT
 
 
 @pytest.mark.slow

@@ -9,11 +9,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CKPT_ARGS, CKPT_FLAGS, run_builder
 
 from builder.core.errors import GraphError, InputError, UnavailableError
 from builder.export import pipeline
 from builder.optimize import bf16, cpu
+from tests.helpers import CKPT_ARGS, CKPT_FLAGS, run_builder
 
 # First processor blocks of real /proc/cpuinfo files (trimmed flag lists).
 ZEN1 = """processor\t: 0

@@ -9,15 +9,14 @@ import shutil
 from pathlib import Path
 
 import dockerfile
-import models
 import numpy as np
 import pytest
-from conftest import CKPT_FLAGS, run_builder
 
 from builder.config import compat
 from builder.core.errors import CompatibilityError, InputError
-from builder.deploy import image, kubernetes
+from builder.deploy import docker, image, kserve
 from builder.optimize import bf16
+from tests.helpers import CKPT_FLAGS, models, run_builder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_INFO = {"precision": "bf16", "serving_profile": {"mixed_precision": "bfloat16"}}
@@ -161,7 +160,7 @@ def test_image_context_for_a_profile_builds_the_bf16_target(repos, tmp_path):
     meta = json.loads((tmp_path / "ctx" / "build.json").read_text())
     assert meta["target"] == "serving-bf16"
     assert meta["server_flags"][-1] == "--mixed_precision=bfloat16"
-    assert "--target serving-bf16" in " ".join(image.build_command(ctx.path, "r/i:1", "2.17.0",
+    assert "--target serving-bf16" in " ".join(docker.build_command(ctx.path, "r/i:1", "2.17.0",
                                                                   ctx.target))
     assert any("bf16 needs oneDNN" in w for w in ctx.warnings)
 
@@ -199,7 +198,7 @@ def test_kubernetes_args_carry_the_profile(repos, tmp_path, capsys):
     assert rc == 0, err
     docs = [d for d in yaml.safe_load_all((tmp_path / "k" / "fn-kserve.yaml").read_text()) if d]
     isvc = docs[-1]
-    kubernetes.validate_inference_service(isvc, K8S)
+    kserve.validate_inference_service(isvc, K8S)
     assert isvc["spec"]["predictor"]["tensorflow"]["args"][-1] == "--mixed_precision=bfloat16"
 
 
@@ -207,14 +206,14 @@ def test_kubernetes_args_carry_the_profile(repos, tmp_path, capsys):
 
 
 def test_local_server_refuses_other_mixed_precision_values(repos):
-    from builder.serve.server import LocalServer
+    from builder.serve.local import LocalServer
 
     with pytest.raises(InputError, match="--mixed_precision 'bf16'"):
         LocalServer(model_name="fn", model_base_path=repos["profile"] / "fn", mixed_precision="bf16")
 
 
 def test_local_server_without_flag_uses_default_sessions(repos):
-    from builder.serve.server import LocalServer
+    from builder.serve.local import LocalServer
 
     s = LocalServer(model_name="fn", model_base_path=repos["profile"] / "fn")
     assert s.manager.session_config is None
@@ -231,7 +230,7 @@ def test_local_server_applies_the_rewrite_to_a_profile_export(tiny_ckpt, tmp_pat
 
     from builder.core import artifact
     from builder.export import pipeline
-    from builder.serve.server import LocalServer
+    from builder.serve.local import LocalServer
 
     o = pipeline.ExportOptions(model=str(tiny_ckpt), name="fn", repo=str(tmp_path / "repo"),
                                optimize="cpu", precision="bf16", batch_sizes=[1, 8], **CKPT_FLAGS)

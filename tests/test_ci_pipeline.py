@@ -7,29 +7,22 @@ answers, and a fast run proves the pipeline stops at the first failure with its 
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "ci_pipeline"
+from tests.helpers import ROOT, SCRIPTS, load_script
+
+SCRIPT = SCRIPTS / "ci_pipeline"
 
 
 def _load_script():
-    loader = importlib.machinery.SourceFileLoader("ci_pipeline_under_test", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = mod  # dataclasses look their module up there
-    loader.exec_module(mod)
-    return mod
+    return load_script("ci_pipeline")
 
 
 def _run(*args: str, env_extra: dict | None = None, timeout: float = 900):
@@ -107,9 +100,9 @@ def test_serving_step_rejects_wrong_answers(pipeline, tmp_path):
     np.savez(golden, **arrays)
 
     mod = _load_script()
-    a = mod._parser().parse_args(["--model", "unused", "--name", "tiny", "--repo", str(repo),
+    a = mod.parser().parse_args(["--model", "unused", "--name", "tiny", "--repo", str(repo),
                                   "--serve_timeout", "300"])
-    state = {"version": 1, "info": mod._build_info(repo, "tiny", 1)}
+    state = {"version": 1, "info": mod.build_info(repo, "tiny", 1)}
     mod.step_config(a, state)
     with pytest.raises(mod.StepFailed, match=f"output '{key[4:]}' differs from the golden"):
         mod.step_serving(a, state)
@@ -185,15 +178,15 @@ def test_example_ci_commands_use_real_flags():
 
     import yaml
 
-    from builder.deploy import image, kubernetes
+    from builder.deploy import command
     from builder.example import facenet
     from builder.export import pipeline
 
     mod = _load_script()
     known = {
-        "ci_pipeline": {a.dest for a in mod._parser()._actions},
-        "build_serving_image": {a.dest for a in image._parser()._actions},
-        "deploy": set(inspect.signature(kubernetes.deploy_command).parameters),
+        "ci_pipeline": {a.dest for a in mod.parser()._actions},
+        "build_serving_image": {a.dest for a in load_script("build_serving_image").parser()._actions},
+        "deploy": set(inspect.signature(command.deploy_command).parameters),
         "example": set(inspect.signature(facenet.example_command).parameters),
         "export": set(inspect.signature(pipeline.export_command).parameters),
     }

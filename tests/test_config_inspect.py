@@ -7,12 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CKPT_FLAGS, run_builder
 from google.protobuf import text_format
 
 from builder.config import inspection, models_config
 from builder.core.errors import CompatibilityError, ConfigError
 from builder.export import pipeline
+from tests.helpers import CKPT_FLAGS, run_builder
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """deploy: Kubernetes / KServe manifests, validated against real schemas.
 
 Kubernetes kinds are checked with kubernetes-validate's bundled OpenAPI schemas (strict), the
-InferenceService with the schema in builder.deploy written from the KServe v1beta1 CRD. The
+InferenceService with builder/deploy/kserve_inferenceservice.schema.json, written from the KServe
+v1beta1 CRD. The
 artefacts are real SavedModels (one with a TRTEngineOp node) so GPU detection and the gate run on
 what TF-TRT really writes.
 """
@@ -14,15 +15,16 @@ import shutil
 import socket
 from pathlib import Path
 
-import models
 import pytest
 import yaml
 from kubernetes_validate import utils as kv
 
 from builder.cli import main
 from builder.config import companions
+from builder.core import layout
 from builder.core.errors import ConfigError
-from builder.deploy import image, kubernetes
+from builder.deploy import command, image, kserve, plan
+from tests.helpers import ROOT, models
 
 K8S = "1.30"
 
@@ -153,7 +155,7 @@ def test_kserve_inference_service(repos, tmp_path, capsys):
     docs = _docs(tmp_path / "tiny-kserve.yaml")
     cm, isvc = docs
     kv.validate(cm, K8S, strict=True)
-    kubernetes.validate_inference_service(isvc, K8S)
+    kserve.validate_inference_service(isvc, K8S)
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     assert isvc["metadata"]["namespace"] == "ml" == cm["metadata"]["namespace"]
     tf = isvc["spec"]["predictor"]["tensorflow"]
@@ -181,7 +183,7 @@ def test_kserve_schema_rejects_what_kserve_rejects(repos, tmp_path, capsys):
                          str(repos["trt"]), "--base_path", "s3://b/tiny", "--out", str(tmp_path))
     assert rc == 0, err
     good = _docs(tmp_path / "tiny-kserve.yaml")[1]
-    kubernetes.validate_manifests([good], K8S)
+    command.validate_manifests([good], K8S)
 
     def broken(mutate):
         doc = copy.deepcopy(good)
@@ -200,8 +202,36 @@ def test_kserve_schema_rejects_what_kserve_rejects(repos, tmp_path, capsys):
     }
     for what, mutate in cases.items():
         with pytest.raises(ConfigError, match="InferenceService/") as e:
-            kubernetes.validate_manifests([broken(mutate)], K8S)
+            command.validate_manifests([broken(mutate)], K8S)
         assert "\n" not in str(e.value), what
+
+
+def test_kserve_schema_is_package_data_and_uses_the_quantity_rule():
+    """The schema ships as a data file (setup.py package_data) and its resources pattern is the
+    same resource.Quantity rule the --cpu/--memory flags are checked with."""
+    import ast
+
+    schema = kserve.inference_service_schema()
+    tf_props = schema["properties"]["spec"]["properties"]["predictor"]["properties"]["tensorflow"]
+    quantities = tf_props["properties"]["resources"]["allOf"][1]["properties"]
+    for key in ("requests", "limits"):
+        assert quantities[key]["additionalProperties"]["anyOf"][1]["pattern"] == \
+            "^" + plan.QUANTITY.pattern + "$"
+    setup = ast.parse((ROOT / "setup.py").read_text())
+    call = next(n for n in ast.walk(setup) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    package_data = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))
+    assert kserve.SCHEMA_FILE in package_data["builder.deploy"]
+    assert (Path(kserve.__file__).parent / kserve.SCHEMA_FILE).is_file()
+
+
+@pytest.mark.parametrize("name", [".hidden", "-x", "a/b", ""])
+def test_model_name_rule_is_the_one_export_uses(repos, tmp_path, capsys, name):
+    with pytest.raises(Exception) as want:
+        layout.validate_model_name(name, "--name")
+    rc, _, err = _deploy(capsys, f"--name={name}", "--repo", str(repos["plain"]), "--base_path",
+                         "gs://b/tiny", "--out", str(tmp_path / "o"))
+    assert rc == 2 and err.strip() == f"error: {want.value}"
+    assert not (tmp_path / "o").exists()
 
 
 def test_kubernetes_schema_rejects_typos(repos, tmp_path, capsys):
@@ -212,26 +242,26 @@ def test_kubernetes_schema_rejects_typos(repos, tmp_path, capsys):
     bad = copy.deepcopy(dep)
     bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(ConfigError, match=r"Deployment/tiny: spec\.template\.spec\.containers\.0"):
-        kubernetes.validate_manifests([bad], K8S)
+        command.validate_manifests([bad], K8S)
     bad = copy.deepcopy(dep)
     bad["spec"]["selector"] = "tiny"
     with pytest.raises(ConfigError, match="Deployment/tiny"):
-        kubernetes.validate_manifests([bad], K8S)
+        command.validate_manifests([bad], K8S)
 
 
 def test_validation_is_offline(repos, monkeypatch):
-    p = kubernetes.plan(target="kubernetes", name="tiny", base_path="gs://b/tiny",
-                    repo=str(repos["plain"]))
-    docs = kubernetes.manifests(p)
-    p2 = kubernetes.plan(target="kserve", name="tiny", base_path="s3://b/tiny",
-                     repo=str(repos["plain"]))
+    p = plan.plan(plan.DeployOptions(target="kubernetes", name="tiny", base_path="gs://b/tiny",
+                                   repo=str(repos["plain"])))
+    docs = command.manifests(p)
+    p2 = plan.plan(plan.DeployOptions(target="kserve", name="tiny", base_path="s3://b/tiny",
+                                   repo=str(repos["plain"])))
 
     def no_network(*a, **k):
         raise AssertionError("schema validation tried to use the network")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    kubernetes.validate_manifests(docs + kubernetes.manifests(p2), K8S)
+    command.validate_manifests(docs + command.manifests(p2), K8S)
 
 
 def test_fixed_replicas_volume_claim_and_names(repos, tmp_path, capsys):
@@ -254,7 +284,7 @@ def test_fixed_replicas_volume_claim_and_names(repos, tmp_path, capsys):
     assert spec["containers"][0]["resources"]["requests"] == {"cpu": "1500m", "memory": "2Gi"}
     assert "versions: 1" in docs[0]["data"]["models.config"]
     # the probe keeps the model name, the resources get a Kubernetes name
-    assert kubernetes.app_name("Face_Net.v2") == "face-net-v2"
+    assert plan.app_name("Face_Net.v2") == "face-net-v2"
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -338,9 +368,9 @@ def test_probe_and_metrics_paths_answer_on_a_serving_server(repos, tmp_path):
 
     from builder.serve.server import LocalServer
 
-    p = kubernetes.plan(target="kubernetes", name="tiny", base_path="gs://bucket/models/tiny",
-                    repo=str(repos["plain"]))
-    k = _by_kind(kubernetes.manifests(p))
+    p = plan.plan(plan.DeployOptions(target="kubernetes", name="tiny", base_path="gs://bucket/models/tiny",
+                                   repo=str(repos["plain"])))
+    k = _by_kind(command.manifests(p))
     data = k["ConfigMap"]["data"]
     files = {}
     for key, text in data.items():

@@ -312,16 +312,21 @@ def test_cli_rejects_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture, ar
     assert os.listdir(tmp_path) == []
 
 
-def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_midway_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "m"
     out.mkdir()  # an empty target is allowed, and must survive a failed write unchanged
+    seen: list[str] = []
 
-    def broken(*_args: object, **_kwargs: object) -> None:
-        raise OSError(28, "No space left on device")
+    def disk_full_after_the_checkpoint(msg: str) -> None:
+        """The progress callback (public API) fails the write once the checkpoint is on disk,
+        i.e. half-way, as a full disk would while writing the frozen graph."""
+        seen.append(msg)
+        if "restored the checkpoint" in msg:
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(facenet, "_write_from_checkpoint", broken)
     with pytest.raises(OSError, match="No space left"):
-        facenet.write_example(out, tiny=True, log=None)
+        facenet.write_example(out, tiny=True, log=disk_full_after_the_checkpoint)
+    assert any("wrote checkpoint/" in m for m in seen)  # it really failed midway
     assert sorted(os.listdir(tmp_path)) == ["m"] and os.listdir(out) == []
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CKPT_ARGS, CKPT_FLAGS, ROOT, run_builder
 
 from builder.core import layout
 from builder.core.errors import GraphError, InputError, ParityError, VersionError
 from builder.export import pipeline
+from tests.helpers import CKPT_ARGS, CKPT_FLAGS, ROOT, run_builder
 
 REQUIRED_KEYS = {"flow", "source", "tensorflow_version", "optimizer", "precision", "signature", "parity",
                  "export_seconds", "reproduce"}
@@ -179,7 +179,7 @@ def test_parity_failure_reports_every_output_and_promotes_nothing(tmp_path):
     msg = str(e.value)
     assert "1 of 2 outputs differ" in msg and "nothing was promoted" in msg
     table = msg.splitlines()[1:]
-    assert table[0].split() == ["output", "max_abs_diff", "max_rel_diff", "min_cosine", "status"]
+    assert table[0].split() == ["output", "max_abs_diff", "atol", "max_rel_diff", "min_cosine", "status"]
     assert any(row.startswith("y ") and "FAIL" in row for row in table)
     assert any(row.startswith("z ") and row.rstrip().endswith("ok") for row in table)
     assert _numeric_and_staging(tmp_path / "repo" / "rnd") == ([], [])
@@ -356,9 +356,9 @@ def test_checkpoint_with_resource_variables(tmp_path):
     assert not ops & {"VarHandleOp", "ReadVariableOp", "VariableV2"}
 
 
-def test_savedmodel_needing_its_init_op_fails_clearly(tmp_path):
-    """A TF1 SavedModel whose lookup table is filled by its main_op: freezing cannot keep that,
-    so the export must stop with a user-facing error (exit 2), not a traceback, and promote nothing."""
+def test_savedmodel_with_tables_filled_by_its_main_op_exports_as_is(tmp_path):
+    """A TF1 SavedModel whose lookup table is filled by its main_op (freezing cannot keep that):
+    the export keeps the table, its init op and the variables, and serves the source's answers."""
     import tensorflow as tf
 
     v1 = tf.compat.v1
@@ -377,10 +377,16 @@ def test_savedmodel_needing_its_init_op_fails_clearly(tmp_path):
         b.save()
     np.savez(tmp_path / "s.npz", words=np.array([b"a", b"b", b"z"]))
     o = pipeline.ExportOptions(model=str(sm), name="t", repo=str(tmp_path / "repo"), batch_sizes=[1],
-                             samples=str(tmp_path / "s.npz"))
-    with pytest.raises(GraphError, match="exported SavedModel does not run.*nothing was promoted"):
-        pipeline.export(o, quiet=True)
-    assert _numeric_and_staging(tmp_path / "repo" / "t") == ([], [])
+                               samples=str(tmp_path / "s.npz"))
+    r = pipeline.export(o, quiet=True)
+    info = r.build_info
+    assert info["kept_as_is"] and info["freeze"]["frozen"] is False
+    assert info["graph"]["init_op"]["kind"] == "main_op" and info["graph"]["tables"]
+    from builder.export.parity import run_saved_model
+
+    out = run_saved_model(r.path, {"words": np.array([b"a", b"b", b"z"], dtype=object)})
+    np.testing.assert_array_equal(out["ids"], [1, 2, -1])
+    assert _numeric_and_staging(tmp_path / "repo" / "t") == (["1"], [])
 
 
 def test_exchange_dirs_swaps_atomically(tmp_path):

@@ -48,7 +48,10 @@ def test_wrong_phase_train_is_visible_in_embeddings(facenet_tiny, tmp_path):
     kw = dict(model=str(facenet_tiny["checkpoint_dir"]), name="f", repo=str(tmp_path), batch_sizes=[1])
     ok = pipeline.export(pipeline.ExportOptions(**kw, **FLAGS), quiet=True)
     x = np.load(ok.path / "assets.extra/golden.npz")["in/images"]
-    bad = pipeline.export(pipeline.ExportOptions(**kw, **{**FLAGS, "feed": {"phase_train": "true"}}), quiet=True)
+    # training mode updates the moving averages each run (a stateful source): only a loose
+    # explicit tolerance lets it through, which is the point of this test
+    bad = pipeline.export(pipeline.ExportOptions(**kw, **{**FLAGS, "feed": {"phase_train": "true"}}, atol=1.0),
+                          quiet=True)
     a = parity.run_saved_model(ok.path, {"images": x})["embeddings"]
     b = parity.run_saved_model(bad.path, {"images": x})["embeddings"]
     cos = (a * b).sum(axis=1)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 
-import models
 import numpy as np
 import pytest
-from conftest import CKPT_FLAGS
 
 from builder.core.errors import GraphError, InputError
 from builder.load import loaders
+from tests.helpers import CKPT_FLAGS, models
 
 
 def _load(path, **kw):
@@ -211,14 +210,43 @@ def test_input_shapes_for_tensors_of_unknown_shape(tmp_path):
     pb = tmp_path / "g.pb"
     pb.write_bytes(g.as_graph_def().SerializeToString())
     m = loaders.load(pb, outputs=["y"])
-    assert m.inputs[0].shape == []  # unknown: the export will ask for --input_shapes
+    assert m.inputs[0].shape is None  # unknown rank (a scalar would be [])
     m.close()
     from builder.export.parity import generate_samples
 
-    with pytest.raises(InputError, match=r"--input_shapes x=\?x"):
+    with pytest.raises(InputError, match=r"rank is unknown.*--input_shapes x=\?x"):
         generate_samples(m.inputs, 2)
     m = loaders.load(pb, outputs=["y"], input_shapes={"x": loaders.parse_shape("?x4")})
     assert m.inputs[0].shape == [None, 4]
     m.close()
     with pytest.raises(InputError, match="not a shape"):
         loaders.parse_shape("abc")
+
+
+def test_loader_flag_group_is_defined_once():
+    import inspect
+
+    from builder.export.pipeline import export_command
+    from builder.options import LOADER_FLAGS, LoaderFlags
+
+    params = inspect.signature(export_command).parameters
+    assert set(LOADER_FLAGS) <= set(params) and "loader" not in params
+    for name in LOADER_FLAGS:  # documented in --help, from the one definition
+        assert f"      {name}:" in export_command.__doc__
+    flags = LoaderFlags.from_cli(inputs="a,b", feed="phase_train=false", input_alias=("x=images",),
+                                 tags=None, signature="serving_default,classify")
+    assert flags.inputs == ["a", "b"] and flags.feed == {"phase_train": "false"}
+    assert flags.input_alias == {"x": "images"} and flags.tags == ["serve"]
+    assert flags.signatures == ["serving_default", "classify"]
+    with pytest.raises(InputError, match="--feed 'phase_train' is not KEY=VALUE"):
+        LoaderFlags.from_cli(feed="phase_train")
+
+
+def test_load_request_tells_surgery_from_signature_edits(tmp_path):
+    from builder.load.request import LoadRequest
+    from builder.options import LoaderFlags
+
+    edit = LoadRequest.from_flags(tmp_path, "savedmodel", LoaderFlags(input_alias={"x": "y"}, signatures=["a"]))
+    assert not edit.surgery
+    cut = LoadRequest.from_flags(tmp_path, "savedmodel", LoaderFlags(input_shapes={"x": "?x4"}))
+    assert cut.surgery and cut.input_shapes == {"x": [None, 4]}

@@ -437,7 +437,8 @@ def test_export_cli_with_optimize_cpu(facenet_tiny, tmp_path):
     import json
 
     import tensorflow as tf
-    from conftest import run_builder
+
+    from tests.helpers import run_builder
 
     size = facenet_tiny["image_size"]
     repo = tmp_path / "repo"

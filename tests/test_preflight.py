@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_builder
 
 from builder.config import lifecycle, models_config, preflight
 from builder.core import artifact
 from builder.core.errors import ConfigError
+from tests.helpers import run_builder
 
 
 def _save(path: Path, kind: str = "good") -> Path:
@@ -257,7 +257,7 @@ def test_unbatchable_output_is_found_by_running_merged_and_separate_requests(tmp
 
 @pytest.mark.slow
 def test_footprint_goes_to_build_info_and_deploy_sizes_memory_from_it(tmp_path):
-    from builder.deploy import kubernetes
+    from builder.deploy.plan import DeployOptions, plan
 
     repo = tmp_path / "repo"
     _save(repo / "m" / "1")
@@ -269,10 +269,10 @@ def test_footprint_goes_to_build_info_and_deploy_sizes_memory_from_it(tmp_path):
     fp = artifact.read_build_info(repo / "m" / "1")["footprint"]
     assert fp["model_bytes"] > 0 and fp["hot_reload_bytes"] == 2 * fp["model_bytes"]
     assert fp["recommended_memory_bytes"] == fp["runtime_bytes"] + 2 * fp["model_bytes"]
-    p = kubernetes.plan(name="m", base_path="gs://b/m", image_ref="tensorflow/serving:2.17.0", repo=str(repo))
+    p = plan(DeployOptions(name="m", base_path="gs://b/m", image="tensorflow/serving:2.17.0", repo=str(repo)))
     assert p.memory == f"{-(-fp['recommended_memory_bytes'] // 2**20)}Mi"
-    assert kubernetes.plan(name="m", base_path="gs://b/m", image_ref="tensorflow/serving:2.17.0",
-                           repo=str(repo), memory="3Gi").memory == "3Gi"
+    assert plan(DeployOptions(name="m", base_path="gs://b/m", image="tensorflow/serving:2.17.0",
+                              repo=str(repo), memory="3Gi")).memory == "3Gi"
 
 
 @pytest.mark.slow

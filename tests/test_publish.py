@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import registry_servers as rs
 
 from builder.core import layout
 from builder.core.errors import ConfigError, InputError, PublishError
 from builder.publish import api
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, run_builder
+from tests.helpers import registry_servers as rs
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def repo(tmp_path) -> Path:
 
 _tree = rs.tree
 assert_serves_golden = rs.assert_serves_golden
-run_cli = rs.run_cli
+run_cli = run_builder
 
 
 def _sha(b: bytes) -> str:
@@ -162,7 +161,7 @@ def test_models_config_errors_stop_before_anything_is_written(repo, tmp_path):
     with pytest.raises(ConfigError, match=r"--models_config .* has no model named 'tiny' \(it has: other\)"):
         api.publish(str(repo), "tiny", str(tmp_path / "o"), keep=1, models_config=str(cfg))
     cfg.write_text("model_config_list { config { name: ")
-    with pytest.raises(ConfigError, match=r"--models_config .* is not a ModelServerConfig"):
+    with pytest.raises(ConfigError, match=r"--models_config .*: not a ModelServerConfig"):
         api.publish(str(repo), "tiny", str(tmp_path / "o"), keep=1, models_config=str(cfg))
     with pytest.raises(InputError, match=r"--models_config .*nope.config: cannot read it"):
         api.publish(str(repo), "tiny", str(tmp_path / "o"), models_config=str(tmp_path / "nope.config"))
@@ -289,6 +288,21 @@ def test_s3_wrong_secret_and_missing_bucket(repo, s3, s3_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     with pytest.raises(PublishError, match=r"bucket 'no-such-bucket' does not exist"):
         api.publish(str(repo), "tiny", "s3://no-such-bucket/models")
+    assert _objects(s3_server, s3) == {}
+
+
+def test_s3_endpoint_where_nothing_listens(repo, s3, s3_server, tmp_path):
+    """A closed port answers at once with "cannot reach ENDPOINT", not after the back end's
+    retries and not as a "missing bucket"; nothing is written to the bucket."""
+    port = rs.free_ports(1)[0]  # bound and released: nothing listens there now
+    dead = f"http://127.0.0.1:{port}"
+    env = {**s3_server.env(), "AWS_ENDPOINT_URL": dead}
+    res = run_cli("publish", "--repo", str(repo), "--name", "tiny", "--to", s3, env=env)
+    assert res.returncode == 2
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"error: {s3}: cannot reach {dead} (") and "AWS_ENDPOINT_URL" in line, line
+    res = run_cli("verify", f"{s3}/tiny/2", env=env)
+    assert res.returncode == 2 and f"cannot reach {dead}" in res.stderr
     assert _objects(s3_server, s3) == {}
 
 

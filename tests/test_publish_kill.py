@@ -19,14 +19,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-import registry_servers as rs
 
 from builder.core import layout
 from builder.core.errors import PublishError
 from builder.publish import api
 from builder.publish.targets.store import open_target
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, run_builder
+from tests.helpers import registry_servers as rs
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +123,7 @@ def test_filesystem_kill_at_step_then_rerun(step, template_repo, tmp_path):
     else:
         assert after_kill == [1]  # the old state, untouched
         assert _staging_left(out)  # the dead publisher's staging dir (ignored by TF Serving)
-    res = rs.run_cli(*_publish_args(template_repo, str(out), 2, keep))
+    res = run_builder(*_publish_args(template_repo, str(out), 2, keep))
     assert res.returncode == 0, res.stderr
     assert local_visible(out) == ([2] if keep else [1, 2])
     assert _staging_left(out) == []  # stale staging of the killed pid cleaned by the rerun
@@ -151,7 +150,7 @@ def test_filesystem_random_kills_never_show_a_partial_version(template_repo, tmp
         assert visible in ([1], [1, 2])
         if visible == [1, 2]:
             break
-    res = rs.run_cli(*_publish_args(template_repo, str(out), 2))
+    res = run_builder(*_publish_args(template_repo, str(out), 2))
     assert res.returncode == 0, res.stderr
     assert local_visible(out) == [1, 2] and _staging_left(out) == []
     assert -signal.SIGKILL in outcomes  # at least one kill really landed mid-run
@@ -193,12 +192,12 @@ def test_s3_kill_at_step_then_rerun(step, template_repo, s3_server, monkeypatch)
         assert (loadable, partial) == ([1, 2], [])
     else:  # retention: saved_model.pb of 1 went first, so 1 is no longer loadable
         assert (loadable, partial) == ([2], [1])
-    res = rs.run_cli(*_publish_args(template_repo, url, 2, keep), env=env)
+    res = run_builder(*_publish_args(template_repo, url, 2, keep), env=env)
     assert res.returncode == 0, res.stderr
     if step == "object-partial":
-        assert "resuming: 1 of 6 files already staged" in res.stdout
+        assert "resuming: 1 of 6 files already staged" in res.stderr  # progress: the log channel
     if step in ("object-copy-partial", "object-before-saved-model"):
-        assert "interrupted publish: completing it" in res.stdout
+        assert "interrupted publish: completing it" in res.stderr
     assert s3_visible(url) == (([2], []) if keep else ([1, 2], []))
     fs = s3_server.fs()
     leftovers = [k for k in fs.find(url[5:] + "/tiny") if "/.staging-" in k]
@@ -228,7 +227,7 @@ def test_s3_random_kills_never_show_an_incomplete_loadable_version(template_repo
         assert loadable[:1] == [1], f"version 1 must stay loadable, got {loadable}"
         if loadable == [1, 2]:
             break
-    res = rs.run_cli(*_publish_args(template_repo, url, 2), env=env)
+    res = run_builder(*_publish_args(template_repo, url, 2), env=env)
     assert res.returncode == 0, res.stderr
     assert s3_visible(url) == ([1, 2], [])
     assert killed >= 1

@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import registry_servers as rs
 import requests
 
 from builder.core import layout
@@ -27,11 +26,12 @@ from builder.core.errors import InputError, PublishError
 from builder.publish import api
 from builder.publish.manifest import compute_manifest
 from builder.publish.targets import oci as oci_target
+from tests.helpers import ROOT, run_builder
+from tests.helpers import registry_servers as rs
 
-ROOT = Path(__file__).resolve().parents[1]
 _tree = rs.tree
 assert_serves_golden = rs.assert_serves_golden
-run_cli = rs.run_cli
+run_cli = run_builder
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +146,10 @@ def test_oci_retention_deletes_old_tags_but_not_labelled(repo, oci, registry, tm
     assert _raw_manifest(registry, oci, "tiny-2").status_code == 404
     assert _raw_manifest(registry, oci, "tiny-1").status_code == 200
     assert _raw_manifest(registry, oci, "tiny-3").status_code == 200
+    reg = oci_target.Registry(oci_target.parse_ref(oci + ":x", "--to"))
+    assert sorted(reg.tags()) == ["tiny-1", "tiny-3"]
+    empty = oci_target.Registry(oci_target.parse_ref(oci + "-never-pushed:x", "--to"))
+    assert empty.tags() == []  # the registry's 404 for an unknown repository, by status code
 
 
 def test_credentials_errors_are_fast_and_never_printed(repo, oci, registry, monkeypatch):
@@ -272,6 +276,109 @@ def test_pull_refuses_a_hostile_artefact_from_the_registry(oci, registry, tmp_pa
         api.pull(f"{oci}:tiny-2", str(dest))
     assert list(dest.rglob("*")) == []  # not even a staging directory is left
     assert not (tmp_path / "escape.txt").exists()
+
+
+def _zero_bomb(path: Path, size: int, before: tuple[tuple[str, bytes], ...] = ()) -> Path:
+    """A tar.gz layer holding ``2/variables/zeros`` of ``size`` zero bytes (plus ``before``),
+    ~1 MB for 1 GiB, built in well under a second: after a full flush deflate starts afresh,
+    so every 1 MiB block of zeros compresses to the same bytes and is written repeatedly."""
+    import struct
+    import zlib
+
+    def member(name: str, data: bytes) -> bytes:
+        ti = tarfile.TarInfo(name)
+        ti.size = len(data)
+        return ti.tobuf(tarfile.PAX_FORMAT) + data + bytes(-len(data) % 512)
+
+    big = tarfile.TarInfo("2/variables/zeros")
+    big.size = size
+    head = b"".join(member(n, d) for n, d in before) + big.tobuf(tarfile.PAX_FORMAT)
+    block, tail = bytes(1 << 20), bytes(1024)
+    assert size % len(block) == 0
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    zeros = c.compress(block) + c.flush(zlib.Z_FULL_FLUSH)
+    last = c.compress(tail) + c.flush()
+    crc = zlib.crc32(head)
+    for _ in range(size // len(block)):
+        crc = zlib.crc32(block, crc)
+    crc = zlib.crc32(tail, crc)
+    with open(path, "wb") as f:
+        f.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + first)
+        for _ in range(size // len(block)):
+            f.write(zeros)
+        f.write(last + struct.pack("<II", crc, (len(head) + size + len(tail)) & 0xFFFFFFFF))
+    return path
+
+
+GIB = 1 << 30
+
+
+def test_unpack_limit_policy():
+    lim = oci_target.unpack_limit
+    assert lim("5000", 1_000_000).files == 5000  # the artefact's own declaration
+    assert lim("", 1_000_000).files == oci_target.UNPACK_FLOOR  # small layer: the floor
+    assert lim("", 100_000_000).files == 800_000_000  # 8x the compressed layer
+    assert lim(str(GIB), 1_000_000).files == oci_target.UNPACK_FLOOR  # a declaration is capped
+    assert lim("5000", 1_000_000, max_unpacked_bytes=4096).files == 4096
+    assert "--max_unpacked_bytes" in lim("", 1).why and "what its manifest declares" in lim("1", 1).why
+
+
+def test_safe_extract_stops_before_writing_past_the_limit(tmp_path):
+    layer = _zero_bomb(tmp_path / "2", GIB, (("2/saved_model.pb", b"x" * 100),))
+    assert layer.stat().st_size < 2 << 20  # ~1 MB that inflates to 1 GiB
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    limit = oci_target.UnpackLimit(4096, "test")
+    with pytest.raises(PublishError, match=r"unpacks to more than 4,096 bytes \(test\)"):
+        oci_target.safe_extract(layer, "2", dest, limit=limit, ref="oci://r/m:t")
+    written = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    assert written == 100  # saved_model.pb only: not a byte of the 1 GiB member
+
+
+def _push_raw(registry: rs.OciRegistry, oci: str, tag: str, layer: Path, work: Path,
+              annotations: dict[str, str] | None = None) -> None:
+    """Push a crafted artefact with oras itself (as an attacker could), our media types."""
+    import oras.provider
+
+    cfg = work / "build_info.json"
+    cfg.write_text(json.dumps({"name": "tiny", "version": 2, "parity": {"passed": True}}))
+    client = oras.provider.Registry(hostname=registry.host, insecure=True, auth_backend="basic")
+    client.auth.set_basic_auth(registry.user, registry.password)
+    client.push(target=oci[len("oci://"):] + ":" + tag,
+                files=[f"{layer}:{oci_target.LAYER_MEDIA_TYPE}"],
+                manifest_config=f"{cfg}:{oci_target.CONFIG_MEDIA_TYPE}",
+                manifest_annotations=annotations or {}, disable_path_validation=True, quiet=True)
+
+
+def test_pull_stops_a_decompression_bomb_at_the_declared_size(oci, registry, tmp_path):
+    """1 MB layer, 1 GiB unpacked, declaring 2 KiB: refused at 2 KiB, nothing left behind."""
+    work = tmp_path / "w"
+    work.mkdir()
+    layer = _zero_bomb(work / "2", GIB, (("2/saved_model.pb", b"x"),))
+    _push_raw(registry, oci, "tiny-2", layer, work, {"io.tfs-builder.total-bytes": "2048"})
+    dest = tmp_path / "serving"
+    with pytest.raises(PublishError, match=r"unpacks to more than 2,048 bytes \(what its manifest "
+                                           r"declares, io.tfs-builder.total-bytes\)"):
+        api.pull(f"{oci}:tiny-2", str(dest))
+    assert list(dest.rglob("*")) == []  # staging removed, nothing installed
+
+
+def test_pull_default_and_flag_limits_without_a_declaration(oci, registry, tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    layer = _zero_bomb(work / "2", GIB)
+    _push_raw(registry, oci, "tiny-2", layer, work)
+    dest = tmp_path / "serving"
+    res = run_cli("pull", f"{oci}:tiny-2", "--repo", str(dest), env=registry.env())
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert f"unpacks to more than {oci_target.UNPACK_FLOOR:,} bytes (the default limit, 8x the " \
+           f"{layer.stat().st_size:,}-byte layer; pass --max_unpacked_bytes" in line, line
+    res = run_cli("pull", f"{oci}:tiny-2", "--repo", str(dest), "--max_unpacked_bytes", "1000000",
+                  env=registry.env())
+    assert res.returncode == 2 and "more than 1,000,000 bytes (--max_unpacked_bytes)" in res.stderr
+    assert list(dest.rglob("*")) == []
 
 
 def test_tampered_artefact_is_refused_by_manifest_check(repo, oci, registry, tmp_path):

@@ -17,10 +17,17 @@ import numpy as np
 import pytest
 
 from builder.cli import main as cli_main
+from builder.config import models_config as mc
+from builder.config.models_config import ModelEntry
+from builder.core import layout
 from builder.core.errors import ConfigError, InputError, ServingError
-from builder.serve import server as srv
-from builder.serve.server import LOG_BEGIN, LOG_END, LocalServer, ModelEntry, RpcStatus
+from builder.serve import codec
+from builder.serve.handles import LOG_BEGIN, LOG_END, ContainerServer, docker_unavailable_reason
+from builder.serve.local import LocalServer
+from builder.serve.servable import Servable
+from builder.serve.status import RpcStatus
 from integration_tests.fixture_models import build_toy_version, sample_inputs, toy_reference, write_models_config
+from integration_tests.log_checks import trt_engine_builds
 
 # ---------------------------------------------------------------------------------------------
 # fixtures
@@ -105,13 +112,13 @@ def test_config_parses_policies_and_labels(tmp_path):
       config { name: "d" base_path: "/m/d" model_platform: "tensorflow"
                model_version_policy { latest { num_versions: 2 } } }
     }"""
-    a, b, c, d = srv.parse_model_server_config(text, "x.config")
+    a, b, c, d = mc.parse_model_server_config(text, "x.config")
     assert (a.policy, a.num_versions) == ("latest", 1)
     assert (b.policy, b.versions, dict(b.labels)) == ("specific", (1, 3), {"stable": 1, "canary": 3})
     assert c.policy == "all"
     assert (d.policy, d.num_versions) == ("latest", 2)
     # and back to text through the official proto
-    again = srv.parse_model_server_config(srv.model_server_config_text([a, b, c, d]))
+    again = mc.parse_model_server_config(mc.model_server_config_text([a, b, c, d]))
     assert again == [a, b, c, d]
 
 
@@ -131,7 +138,7 @@ def test_config_parses_policies_and_labels(tmp_path):
 ])
 def test_config_errors_name_the_file(text, fragment):
     with pytest.raises(ConfigError) as err:
-        srv.parse_model_server_config(text, "/etc/models.config")
+        mc.parse_model_server_config(text, "/etc/models.config")
     assert str(err.value).startswith("/etc/models.config: ")
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
@@ -141,8 +148,8 @@ def test_version_policies_and_version_dirs(tmp_path):
     for name in ("1", "2", "10", "007", ".staging-5", "tmp", "3x"):
         (tmp_path / name).mkdir()
     (tmp_path / "4").write_text("a file, not a version")
-    assert srv.list_version_dirs(tmp_path) == [1, 2, 7, 10]
-    assert srv.list_version_dirs(tmp_path / "missing") == []
+    assert layout.list_versions(tmp_path) == [1, 2, 7, 10]
+    assert layout.list_versions(tmp_path / "missing") == []
     disk = [1, 2, 7, 10]
     assert ModelEntry("m", "/p").aspired(disk) == [10]
     assert ModelEntry("m", "/p", num_versions=3).aspired(disk) == [2, 7, 10]
@@ -157,13 +164,13 @@ def test_version_policies_and_version_dirs(tmp_path):
 
 def test_json_to_array_types_and_shapes():
     f32 = np.float32
-    a = srv.json_to_array([[1, 2.5], [3, 4]], f32)
+    a = codec.json_to_array([[1, 2.5], [3, 4]], f32)
     assert a.dtype == f32 and a.shape == (2, 2) and a[0, 1] == 2.5
-    assert srv.json_to_array([1, 2], np.int64, may_have_bools=False).dtype == np.int64
-    assert srv.json_to_array([True, False], np.bool_).tolist() == [True, False]
-    s = srv.json_to_array(["hé", {"b64": "AP8="}], np.object_)
+    assert codec.json_to_array([1, 2], np.int64, may_have_bools=False).dtype == np.int64
+    assert codec.json_to_array([True, False], np.bool_).tolist() == [True, False]
+    s = codec.json_to_array(["hé", {"b64": "AP8="}], np.object_)
     assert s.tolist() == ["hé".encode(), b"\x00\xff"]
-    assert srv.json_to_array(3.0, f32).shape == ()
+    assert codec.json_to_array(3.0, f32).shape == ()
 
 
 @pytest.mark.parametrize(("value", "dtype", "message"), [
@@ -180,56 +187,56 @@ def test_json_to_array_types_and_shapes():
 ])
 def test_json_to_array_errors(value, dtype, message):
     with pytest.raises(RpcStatus) as err:
-        srv.json_to_array(value, dtype)
+        codec.json_to_array(value, dtype)
     assert err.value.code == "INVALID_ARGUMENT"
     assert message in err.value.message
 
 
 def test_json_types_tf_serving_cannot_convert_are_unimplemented():
     with pytest.raises(RpcStatus) as err:
-        srv.json_to_array([1.0, 2.0], np.float16, may_have_bools=False)
+        codec.json_to_array([1.0, 2.0], np.float16, may_have_bools=False)
     assert err.value.code == "UNIMPLEMENTED" and err.value.http_status == 501
     assert err.value.message == "Conversion of JSON Value: [1.0,2.0] to type: half"
 
 
 def test_vectorised_path_agrees_with_checked_path():
     rows = sample_inputs(5).tolist()
-    fast = srv.json_to_array(rows, np.float32, may_have_bools=False)
-    slow = srv.json_to_array(rows, np.float32, may_have_bools=True)
+    fast = codec.json_to_array(rows, np.float32, may_have_bools=False)
+    slow = codec.json_to_array(rows, np.float32, may_have_bools=True)
     assert fast.dtype == slow.dtype and np.array_equal(fast, slow)
     with pytest.raises(RpcStatus):  # floats for an int tensor fall through to the checks
-        srv.json_to_array([[1.5, 2]], np.int32, may_have_bools=False)
+        codec.json_to_array([[1.5, 2]], np.int32, may_have_bools=False)
 
 
 def test_predict_response_shapes():
     y = np.arange(6, dtype=np.float32).reshape(2, 3)
     z = np.array([[1.0], [2.0]], np.float32)
-    assert srv.predict_response_json({"y": y}, "row") == {"predictions": y.tolist()}
-    assert srv.predict_response_json({"y": y, "z": z}, "row") == {
+    assert codec.predict_response_json({"y": y}, "row") == {"predictions": y.tolist()}
+    assert codec.predict_response_json({"y": y, "z": z}, "row") == {
         "predictions": [{"y": [0, 1, 2], "z": [1.0]}, {"y": [3, 4, 5], "z": [2.0]}]}
-    assert srv.predict_response_json({"y": y}, "columnar") == {"outputs": y.tolist()}
-    assert srv.predict_response_json({"y": y, "z": z}, "columnar") == {"outputs": {"y": y.tolist(), "z": z.tolist()}}
+    assert codec.predict_response_json({"y": y}, "columnar") == {"outputs": y.tolist()}
+    assert codec.predict_response_json({"y": y, "z": z}, "columnar") == {"outputs": {"y": y.tolist(), "z": z.tolist()}}
     strings = np.array([b"\x00a", b"b"], dtype=object)
-    out = srv.predict_response_json({"echo_bytes": strings, "text": strings}, "columnar")["outputs"]
+    out = codec.predict_response_json({"echo_bytes": strings, "text": strings}, "columnar")["outputs"]
     assert out["echo_bytes"] == [{"b64": "AGE="}, {"b64": "Yg=="}] and out["text"] == ["\x00a", "b"]
     with pytest.raises(RpcStatus, match="inconsistent batch size: 1 expecting: 2"):
-        srv.predict_response_json({"y": y, "z": z[:1]}, "row")
+        codec.predict_response_json({"y": y, "z": z[:1]}, "row")
 
 
 def test_parse_predict_json_formats():
     dt = {"a": np.float32, "b": np.float32}
-    inputs, fmt = srv.parse_predict_json(b'{"instances": [{"a": [1], "b": [2]}, {"a": [3], "b": [4]}]}', dt)
+    inputs, fmt = codec.parse_predict_json(b'{"instances": [{"a": [1], "b": [2]}, {"a": [3], "b": [4]}]}', dt)
     assert fmt == "row" and inputs["a"].tolist() == [[1], [3]] and inputs["b"].tolist() == [[2], [4]]
-    inputs, fmt = srv.parse_predict_json(b'{"inputs": {"a": [[1]], "b": [[2]]}}', dt)
+    inputs, fmt = codec.parse_predict_json(b'{"inputs": {"a": [[1]], "b": [[2]]}}', dt)
     assert fmt == "columnar" and inputs["b"].tolist() == [[2]]
     with pytest.raises(RpcStatus, match="instances is a plain list, but expecting list of objects"):
-        srv.parse_predict_json(b'{"instances": [[1]]}', dt)
+        codec.parse_predict_json(b'{"instances": [[1]]}', dt)
     with pytest.raises(RpcStatus, match="keys must be equal to: a,b"):
-        srv.parse_predict_json(b'{"instances": [{"a": [1]}]}', dt)
+        codec.parse_predict_json(b'{"instances": [{"a": [1]}]}', dt)
     with pytest.raises(RpcStatus, match="'signature_name' key must be a string value"):
-        srv.parse_predict_json(b'{"signature_name": 3, "instances": [[1]]}', {"a": np.float32})
+        codec.parse_predict_json(b'{"signature_name": 3, "instances": [[1]]}', {"a": np.float32})
     with pytest.raises(RpcStatus, match=r"^JSON Parse error: Invalid encoding in string. at offset: 1$"):
-        srv.parse_predict_json(b'"\xff"', dt)
+        codec.parse_predict_json(b'"\xff"', dt)
 
 
 def test_http_status_follows_tf_serving_mapping():
@@ -245,9 +252,9 @@ def test_trt_engine_build_lines_are_found():
         "2024-01-01 I tensorflow/compiler/tf2tensorrt/kernels/trt_engine_op.cc:733] Building a new TensorRT "
         "engine for TRTEngineOp_000_000 with input shapes: [[8,160,160,3]]\n"
         "2024-01-01 I tensorflow/compiler/tf2tensorrt/... Loaded TensorRT 8.6.1\n")
-    found = srv.trt_engine_builds(log)
+    found = trt_engine_builds(log)
     assert len(found) == 1 and "[[8,160,160,3]]" in found[0]
-    assert srv.trt_engine_builds("Loaded TensorRT 8.6.1\n") == []
+    assert trt_engine_builds("Loaded TensorRT 8.6.1\n") == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +326,7 @@ def test_corrupt_saved_model_fails_startup_with_the_reason(repo):
 def test_unload_waits_for_in_flight_requests(repo):
     import logging
 
-    s = srv.Servable("toy", 1, str(repo / "toy" / "1"), logging.getLogger("t"))
+    s = Servable("toy", 1, str(repo / "toy" / "1"), logging.getLogger("t"))
     s.load(enable_warmup=False)
     assert s.acquire()
     closer = threading.Thread(target=s.close)
@@ -428,23 +435,34 @@ def test_handle_reload_config_request(repo):
 # front ends
 
 
-def test_single_model_flags_and_unimplemented_apis(repo):
+def test_single_model_flags_and_classify_on_a_predict_signature(repo):
+    """Classify/Regress on a predict signature fail as TF Serving's classifier.cc/regressor.cc
+    say (structure checked, method name not, by default); the server keeps answering."""
     from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
 
     with LocalServer(model_name="toy", model_base_path=repo / "toy") as s:
         s.wait_until_ready(30)
         assert grpc_predict(s, "toy", sample_inputs(1)).model_spec.version.value == 2
         status, body = rest_call(s, "POST", "/v1/models/toy:classify", {"examples": []})
-        assert status == 501 and "not implemented" in body["error"]
+        assert status == 400 and body["error"].endswith("'examples' value is an empty array")
+        status, body = rest_call(s, "POST", "/v1/models/toy:regress", {"examples": [{"x": [1.0]}]})
+        assert status == 400 and body["error"].startswith("Expected one output Tensor.")
+        status, body = rest_call(s, "POST", "/v1/models/toy:classify",
+                                 {"signature_name": "strings", "examples": [{"x": [1.0]}]})
+        assert status == 400 and body["error"].startswith("No classification inputs found in SignatureDef: ")
+        req = classification_pb2.ClassificationRequest()
+        req.model_spec.name = "toy"
+        req.input.example_list.examples.add()
         with grpc.insecure_channel(s.grpc_target) as ch:
             with pytest.raises(grpc.RpcError) as err:
-                prediction_service_pb2_grpc.PredictionServiceStub(ch).Classify(
-                    classification_pb2.ClassificationRequest(), timeout=5)
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                prediction_service_pb2_grpc.PredictionServiceStub(ch).Classify(req, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("No classification inputs found in SignatureDef: inputs {")
         status, body = rest_call(s, "GET", "/monitoring/prometheus/metrics")
         assert status == 404  # no monitoring config: no metrics endpoint
         status, body = rest_call(s, "GET", "/v1/models")
         assert status == 400 and body == {"error": "Missing model name in request."}
+        assert grpc_predict(s, "toy", sample_inputs(1)).model_spec.version.value == 2
 
 
 def test_monitoring_config_serves_prometheus_metrics(repo, tmp_path):
@@ -526,10 +544,10 @@ def test_container_server_rewrites_paths_without_an_engine(repo, tmp_path):
     cfg = config(repo, policy="all", labels={"stable": 1})
     mon = tmp_path / "monitoring.config"
     mon.write_text("prometheus_config { enable: true }\n")
-    c = srv.ContainerServer(repo, cfg, monitoring_config_file=mon)
+    c = ContainerServer(repo, cfg, monitoring_config_file=mon)
     try:
         text = (c._cfgdir / "models.config").read_text()
-        (entry,) = srv.parse_model_server_config(text)
+        (entry,) = mc.parse_model_server_config(text)
         assert entry.base_path == "/models/toy" and entry.policy == "all" and dict(entry.labels) == {"stable": 1}
         assert "--model_config_file=/config/models.config" in c.flags
         assert "--enable_model_warmup=true" in c.flags
@@ -540,14 +558,14 @@ def test_container_server_rewrites_paths_without_an_engine(repo, tmp_path):
     assert not c._cfgdir.exists()
     outside = write_models_config(tmp_path / "o.config", [{"name": "x", "base_path": tmp_path / "elsewhere"}])
     with pytest.raises(ConfigError, match="outside the mounted repository"):
-        srv.ContainerServer(repo, outside)
+        ContainerServer(repo, outside)
 
 
 @pytest.mark.docker
 def test_container_server_needs_an_engine(repo):
-    reason = srv.docker_unavailable_reason()
+    reason = docker_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with srv.ContainerServer(repo, config(repo)) as c:
+    with ContainerServer(repo, config(repo)) as c:
         assert c.wait_until_ready(120) > 0
         assert grpc_predict(c, "toy", sample_inputs(1)).model_spec.version.value == 2

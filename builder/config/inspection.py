@@ -13,21 +13,30 @@ from typing import Any
 from builder.config import compat
 from builder.core import artifact, layout
 from builder.core.errors import InputError
-
-
-def _dtype_name(enum: int) -> str:
-    import tensorflow as tf
-
-    try:
-        return tf.as_dtype(enum).name
-    except TypeError:
-        return str(enum)
+from builder.core.model import INIT_OP_SIGNATURE, graph_facts, unsafe_nodes
 
 
 def _shape(proto: Any) -> list[int] | None:
     if proto.unknown_rank:
         return None
     return [int(d.size) for d in proto.dim]
+
+
+def _entry(v: Any) -> dict[str, Any]:
+    kind = v.WhichOneof("encoding")
+    name = v.name if kind == "name" else f"({kind})"
+    return {"tensor": name, "dtype": artifact.dtype_name(v.dtype),
+            "shape": _shape(v.tensor_shape) if v.HasField("tensor_shape") else None}
+
+
+def _signatures(mg: Any) -> dict[str, Any]:
+    """Every served signature with its method name (the TF2 init op is not one)."""
+    return {
+        key: {"method_name": sig.method_name,
+              "inputs": {k: _entry(v) for k, v in sorted(sig.inputs.items())},
+              "outputs": {k: _entry(v) for k, v in sorted(sig.outputs.items())}}
+        for key, sig in sorted(mg.signature_def.items()) if key != INIT_OP_SIGNATURE
+    }
 
 
 def inspect_saved_model(path: str | Path) -> dict[str, Any]:
@@ -39,34 +48,25 @@ def inspect_saved_model(path: str | Path) -> dict[str, Any]:
     has_trt = False
     images: list[str] = []
     for mg in sm.meta_graphs:
-        saver_scope = []
-        if mg.saver_def.filename_tensor_name:
-            saver_scope.append(mg.saver_def.filename_tensor_name.split("/")[0])
         hist = compat.op_histogram(mg.graph_def)
         trt = sorted(compat.trt_ops(mg.graph_def))
         has_trt = has_trt or bool(trt)
         report = compat.serving_report(mg.graph_def, trt_version)
         images.append(report["serving_images"])
+        facts = graph_facts(mg)
         out["meta_graphs"].append({
             "tags": list(mg.meta_info_def.tags),
             "tensorflow_version": mg.meta_info_def.tensorflow_version,
-            "signatures": {
-                key: {
-                    "method_name": sig.method_name,
-                    "inputs": {k: {"tensor": v.name, "dtype": _dtype_name(v.dtype),
-                                   "shape": _shape(v.tensor_shape)} for k, v in sig.inputs.items()},
-                    "outputs": {k: {"tensor": v.name, "dtype": _dtype_name(v.dtype),
-                                    "shape": _shape(v.tensor_shape)} for k, v in sig.outputs.items()},
-                }
-                for key, sig in sorted(mg.signature_def.items())
-            },
+            "signatures": _signatures(mg),
+            "init_op": facts.init_op,
+            "assets": facts.assets,
+            "tables": facts.tables,
             "nodes": sum(hist.values()),
             "functions": len(mg.graph_def.library.function),
             "op_histogram": dict(hist.most_common()),
             "trt_ops": trt,
             "missing_ops": report["missing_ops"],
-            "unsafe_ops": [{"node": n, "op": op}
-                           for n, op in compat.unsafe_nodes(mg.graph_def, saver_scope)],
+            "unsafe_ops": [{"node": n, "op": op} for n, op in unsafe_nodes(mg, compat.UNSAFE_OPS)],
         })
     var_dir = path / "variables"
     out["variables_bytes"] = sum(p.stat().st_size for p in var_dir.rglob("*") if p.is_file()) \
@@ -89,11 +89,11 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
         return {"kind": "savedmodel", "versions": [inspect_saved_model(p)]}
     if p.is_dir() and layout.list_versions(p):
         return {"kind": "model", "name": p.name,
-                "versions": [inspect_saved_model(p / str(v)) for v in layout.list_versions(p)]}
+                "versions": [inspect_saved_model(d) for d in layout.version_paths(p).values()]}
     models = [m for m in layout.list_models(p) if layout.list_versions(p / m)] if p.is_dir() else []
     if models:
-        return {"kind": "repo", "models": {m: [inspect_saved_model(p / m / str(v))
-                                               for v in layout.list_versions(p / m)] for m in models}}
+        return {"kind": "repo", "models": {m: [inspect_saved_model(d)
+                                               for d in layout.version_paths(p / m).values()] for m in models}}
     raise InputError(f"{p}: not a SavedModel, model directory (numeric versions) or repository")
 
 
@@ -113,6 +113,10 @@ def _print_version(v: dict[str, Any], indent: str = "") -> None:
             print(f"{indent}  {bf16_line}")
     for mg in v["meta_graphs"]:
         print(f"{indent}  tags {','.join(mg['tags'])}: {mg['nodes']} nodes, {mg['functions']} functions")
+        init = mg["init_op"]
+        init_text = f"{init['kind']} ({init['name']})" if init else "none"
+        print(f"{indent}    init op: {init_text}; assets: {', '.join(mg['assets']) or 'none'}; "
+              f"tables: {', '.join(mg['tables']) or 'none'}")
         for key, sig in mg["signatures"].items():
             print(f"{indent}    signature {key!r} ({sig['method_name']})")
             for kind in ("inputs", "outputs"):

@@ -7,8 +7,11 @@ official ``model_server_config_pb2`` before it replaces anything.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ from builder.core import artifact, layout
 from builder.core.errors import CompatibilityError, ConfigError, InputError
 from builder.options import as_list, as_mapping
 
-_LABEL_RE = re.compile(r"^[a-zA-Z0-9_]+$")
+# TF Serving's rule for version label names (server_core.cc); one definition for every reader.
+LABEL_RE = re.compile(r"^[a-zA-Z0-9_]+$")
 
 
 def _pb2():
@@ -25,16 +29,176 @@ def _pb2():
     return model_server_config_pb2
 
 
-def read_models_config(path: str | Path) -> Any:
-    """Parse a models.config; a ConfigError names the file when it does not parse."""
+# ---------------------------------------------------------------------------------------------
+# The one parser and the one version-policy evaluation
+
+
+def served_versions(policy: str, on_disk: Iterable[int], num_versions: int = 1,
+                    versions: Iterable[int] = ()) -> list[int]:
+    """The versions a policy loads, given the versions present on disk (ascending).
+
+    This is TF Serving's evaluation (file_system_storage_path_source.cc): ``latest`` takes the
+    newest ``max(num_versions, 1)``; ``all`` takes every version; ``specific`` takes the listed
+    versions that exist (a listed version missing on disk is only logged by the server).
+    """
+    disk = sorted(set(on_disk))
+    if policy == "all":
+        return disk
+    if policy == "specific":
+        return sorted(set(versions) & set(disk))
+    n = max(int(num_versions), 1)
+    return disk[-n:] if disk else []
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``model_config_list.config`` entry, reduced to what serving needs."""
+
+    name: str
+    base_path: str
+    policy: str = "latest"  # latest | all | specific
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+    labels: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def from_proto(cls, c: Any) -> ModelEntry:
+        """A ModelConfig proto -> entry, without validation (see ``entries_from_proto``)."""
+        kind = c.model_version_policy.WhichOneof("policy_choice") or "latest"
+        num = (c.model_version_policy.latest.num_versions or 1) if kind == "latest" else 1
+        versions = tuple(sorted(set(c.model_version_policy.specific.versions))) if kind == "specific" else ()
+        labels = tuple((label, int(v)) for label, v in sorted(c.version_labels.items()))
+        return cls(c.name, c.base_path, kind, num, versions, labels)
+
+    def aspired(self, on_disk: Iterable[int]) -> list[int]:
+        """Versions the policy wants loaded, given the numeric versions present on disk."""
+        return served_versions(self.policy, on_disk, self.num_versions, self.versions)
+
+    def version_paths(self, warn: Callable[[str], None] | None = None) -> dict[int, Path]:
+        """Version -> directory under the base path, by TF Serving's naming rule."""
+        return layout.version_paths(self.base_path, warn)
+
+    def on_disk(self) -> list[int]:
+        return sorted(self.version_paths())
+
+
+def parse_config_proto(text: str, source: str = "models.config",
+                       fix: str = "fix the syntax") -> Any:
+    """Text -> ``ModelServerConfig`` with the official proto class; a ConfigError names ``source``."""
     from google.protobuf import text_format
 
-    cfg = _pb2().ModelServerConfig()
+    msg = _pb2().ModelServerConfig()
     try:
-        text_format.Parse(Path(path).read_text(encoding="utf-8"), cfg)
-    except (text_format.ParseError, UnicodeDecodeError) as e:
+        text_format.Parse(text, msg)
+    except text_format.ParseError as e:
+        raise ConfigError(f"{source}: not a ModelServerConfig text proto ({e}): {fix}") from None
+    return msg
+
+
+def parse_model_server_config(text: str, source: str = "models.config") -> list[ModelEntry]:
+    """Parse a ``tensorflow.serving.ModelServerConfig`` text proto with the official proto class
+    and apply the checks ``tensorflow_model_server`` makes; errors name ``source``."""
+    return entries_from_proto(parse_config_proto(text, source), source)
+
+
+def _check_entry(c: Any, source: str) -> None:
+    if not c.name:
+        raise ConfigError(f"{source}: a config entry has no name: add name: \"...\"")
+    if not c.base_path or not os.path.isabs(c.base_path):
+        raise ConfigError(
+            f"{source}: expected model {c.name} to have an absolute path; got "
+            f"base_path={c.base_path!r}: TF Serving requires absolute paths"
+        )
+    if c.model_platform not in ("tensorflow",):
+        raise ConfigError(
+            f"{source}: model {c.name} has model_platform {c.model_platform!r}: "
+            "set model_platform: \"tensorflow\""
+        )
+    policy = c.model_version_policy
+    if policy.WhichOneof("policy_choice") == "specific" and not policy.specific.versions:
+        raise ConfigError(
+            f"{source}: model {c.name} has a specific version policy with no versions: "
+            "list them as specific { versions: N }"
+        )
+    for label in c.version_labels:
+        if not LABEL_RE.match(label):
+            raise ConfigError(
+                f"{source}: version label {label!r} of model {c.name} must match "
+                "[a-zA-Z0-9_]+: rename it"
+            )
+
+
+def entries_from_proto(msg: Any, source: str = "ModelServerConfig") -> list[ModelEntry]:
+    """ModelServerConfig proto -> entries, validated like ServerCore::ValidateConfig."""
+    if msg.WhichOneof("config") != "model_config_list":
+        raise ConfigError(
+            f"{source}: only model_config_list is supported (custom_model_config is not): "
+            "list models as model_config_list { config { name: ... base_path: ... } }"
+        )
+    entries: list[ModelEntry] = []
+    seen: set[str] = set()
+    for c in msg.model_config_list.config:
+        if c.name and c.name in seen:
+            raise ConfigError(f"{source}: illegal to list model {c.name} multiple times in config list")
+        _check_entry(c, source)
+        seen.add(c.name)
+        entries.append(ModelEntry.from_proto(c))
+    return entries
+
+
+def read_model_server_config(path: str | os.PathLike) -> list[ModelEntry]:
+    """Read and validate a models.config file; unreadable files are the user's to fix (exit 2)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"--model_config_file {p} does not exist: pass an existing models.config") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--model_config_file {p} cannot be read ({e}): check the file") from None
+    return parse_model_server_config(text, str(p))
+
+
+def model_server_config_text(entries: Iterable[ModelEntry]) -> str:
+    """Entries -> ModelServerConfig text (used for the container's rewritten paths and tests)."""
+    from google.protobuf import text_format
+
+    msg = _pb2().ModelServerConfig()
+    for e in entries:
+        c = msg.model_config_list.config.add(name=e.name, base_path=e.base_path,
+                                             model_platform="tensorflow")
+        if e.policy == "all":
+            c.model_version_policy.all.SetInParent()
+        elif e.policy == "specific":
+            c.model_version_policy.specific.versions.extend(e.versions)
+        elif e.num_versions != 1:
+            c.model_version_policy.latest.num_versions = e.num_versions
+        for label, v in e.labels:
+            c.version_labels[label] = v
+    return text_format.MessageToString(msg)
+
+
+def read_models_config(path: str | Path) -> Any:
+    """Parse a models.config into the proto (for merging); a ConfigError names the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a ModelServerConfig text proto ({e}); fix or remove it") from None
-    return cfg
+    return parse_config_proto(text, str(path), "fix or remove it")
+
+
+def labels_of(msg: Any, name: str) -> dict[str, int] | None:
+    """``version_labels`` of model ``name`` in a parsed config; None when it lists no such model."""
+    configs = [c for c in msg.model_config_list.config if c.name == name]
+    if not configs:
+        return None
+    out: dict[str, int] = {}
+    for c in configs:
+        out.update({k: int(v) for k, v in c.version_labels.items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m builder config
 
 
 def parse_policy(text: str, flag: str = "--policy") -> tuple[str, list[int]]:
@@ -53,14 +217,6 @@ def parse_policy(text: str, flag: str = "--policy") -> tuple[str, list[int]]:
     if kind == "specific" and values and all(v > 0 for v in values):
         return "specific", sorted(set(values))
     raise ConfigError(f"{flag} {text!r}: use latest:N, all, or specific:V1;V2 (e.g. NAME=latest:2)")
-
-
-def _policy_versions(kind: str, values: list[int], on_disk: list[int]) -> list[int]:
-    if kind == "all":
-        return on_disk
-    if kind == "latest":
-        return on_disk[-values[0]:]
-    return [v for v in values if v in on_disk]
 
 
 def _split_policy_args(policy: object) -> dict[str, str]:
@@ -86,7 +242,7 @@ def _split_labels(label: object) -> dict[str, dict[str, int]]:
         name, sep, lab = key.partition(":")
         if not sep or not name or not lab:
             raise ConfigError(f"--label {key}={value}: write NAME:LABEL=VERSION, e.g. facenet:stable=3")
-        if not _LABEL_RE.match(lab):
+        if not LABEL_RE.match(lab):
             raise ConfigError(f"--label {key}={value}: label {lab!r} must match [a-zA-Z0-9_]+")
         try:
             v = int(value)
@@ -106,7 +262,6 @@ def build_config(
     warn: Any = None,
 ) -> Any:
     """A ModelServerConfig for every model in ``repo``, merged into ``existing``."""
-    pb2 = _pb2()
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     repo = Path(repo)
     if not repo.is_dir():
@@ -115,33 +270,22 @@ def build_config(
         raise ConfigError(f"--base_path {base_path}: TF Serving needs absolute base paths, e.g. /models")
     policies = dict(policies or {})
     labels = {k: dict(v) for k, v in (labels or {}).items()}
-    cfg = pb2.ModelServerConfig()
+    cfg = _pb2().ModelServerConfig()
     if existing is not None:
         cfg.CopyFrom(existing)
     entries = {c.name: c for c in cfg.model_config_list.config}
-
-    models = []
-    for name in layout.list_models(repo):
-        mdir = repo / name
-        for child in sorted(mdir.iterdir()):
-            if child.is_dir() and not layout.is_version_name(child.name) and not child.name.startswith("."):
-                warn(f"{child}: not a numeric version directory; TF Serving ignores it")
-        if layout.list_versions(mdir):
-            models.append(name)
-        else:
-            warn(f"{mdir}: no numeric version directories; not added to the config")
+    models = _models_with_versions(repo, warn)
     for name in [*policies, *labels]:
         if name not in models:
             flag = "--policy" if name in policies else "--label"
             raise ConfigError(f"{flag} {name}: no model {name!r} with versions in {repo} "
                               f"(models: {', '.join(models) or 'none'})")
-
     for name in models:
         on_disk = layout.list_versions(repo / name)
         entry = entries.get(name)
         # What the running server was told before this write (the label-move rule needs it).
         previous_labels = dict(entry.version_labels) if entry is not None else {}
-        served_before = _served_versions(entry, on_disk) if entry is not None else []
+        served_before = ModelEntry.from_proto(entry).aspired(on_disk) if entry is not None else []
         if entry is None:
             entry = cfg.model_config_list.config.add()
             entry.name = name
@@ -149,34 +293,61 @@ def build_config(
         entry.base_path = f"{base_path.rstrip('/')}/{name}" if base_path else str((repo / name).resolve())
         entry.model_platform = "tensorflow"
         if name in policies:
-            kind, values = parse_policy(policies[name], f"--policy {name}")
-            entry.ClearField("model_version_policy")
-            if kind == "all":
-                entry.model_version_policy.all.SetInParent()
-            elif kind == "latest":
-                entry.model_version_policy.latest.num_versions = values[0]
-            else:
-                entry.model_version_policy.specific.versions.extend(values)
-        served = _served_versions(entry, on_disk)
-        for v in (entry.model_version_policy.specific.versions
-                  if entry.model_version_policy.WhichOneof("policy_choice") == "specific" else []):
-            if v not in on_disk:
-                raise ConfigError(f"--policy {name}=specific: version {v} does not exist in "
-                                  f"{repo / name} (versions: {', '.join(map(str, on_disk))})")
+            _set_policy(entry, *parse_policy(policies[name], f"--policy {name}"))
         _check_label_moves(name, labels.get(name, {}), previous_labels, served_before)
         for lab, v in labels.get(name, {}).items():
             entry.version_labels[lab] = v
-        for lab, v in entry.version_labels.items():
-            if v not in on_disk:
-                raise ConfigError(f"--label {name}:{lab}={v}: version {v} does not exist in "
-                                  f"{repo / name} (versions: {', '.join(map(str, on_disk))})")
-            if v not in served:
-                raise ConfigError(
-                    f"--label {name}:{lab}={v}: version {v} is not loaded by the version policy "
-                    f"(serves {', '.join(map(str, served))}); pass --policy {name}=specific:"
-                    f"{','.join(map(str, sorted(set(served) | {v})))} or {name}=all"
-                )
+        _check_versions_exist(entry, repo / name, on_disk)
     return cfg
+
+
+def _models_with_versions(repo: Path, warn: Callable[[str], None]) -> list[str]:
+    """Models of the repository that have at least one version; warn about what TF Serving
+    would ignore (non-numeric directories, models without versions, duplicate version names)."""
+    models = []
+    for name in layout.list_models(repo):
+        mdir = repo / name
+        for child in sorted(mdir.iterdir()):
+            if child.is_dir() and not layout.is_version_name(child.name) and not child.name.startswith("."):
+                warn(f"{child}: not a numeric version directory; TF Serving ignores it")
+        if layout.version_paths(mdir, warn):
+            models.append(name)
+        else:
+            warn(f"{mdir}: no numeric version directories; not added to the config")
+    return models
+
+
+def _set_policy(entry: Any, kind: str, values: list[int]) -> None:
+    entry.ClearField("model_version_policy")
+    if kind == "all":
+        entry.model_version_policy.all.SetInParent()
+    elif kind == "latest":
+        entry.model_version_policy.latest.num_versions = values[0]
+    else:
+        entry.model_version_policy.specific.versions.extend(values)
+
+
+def _check_versions_exist(entry: Any, mdir: Path, on_disk: list[int]) -> None:
+    """Specific versions and labels must name versions on disk that the policy loads (TF Serving
+    refuses a label on a version that is not AVAILABLE)."""
+    name = entry.name
+    have = ", ".join(map(str, on_disk))
+    served = ModelEntry.from_proto(entry).aspired(on_disk)
+    policy = entry.model_version_policy
+    for v in (policy.specific.versions if policy.WhichOneof("policy_choice") == "specific" else []):
+        if v not in on_disk:
+            raise ConfigError(f"--policy {name}=specific: version {v} does not exist in "
+                              f"{mdir} (versions: {have})")
+    for lab, v in entry.version_labels.items():
+        if v not in on_disk:
+            raise ConfigError(f"--label {name}:{lab}={v}: version {v} does not exist in "
+                              f"{mdir} (versions: {have})")
+        if v not in served:
+            raise ConfigError(
+                f"--label {name}:{lab}={v}: version {v} is not loaded by the version policy "
+                f"(serves {', '.join(map(str, served))}); pass --policy {name}=specific:"
+                f"{','.join(map(str, sorted(set(served) | {v})))} or {name}=all"
+            )
 
 
 def _check_label_moves(name: str, requested: dict[str, int], previous: dict[str, int],
@@ -197,16 +368,6 @@ def _check_label_moves(name: str, requested: dict[str, int], previous: dict[str,
                 "to a version that is not AVAILABLE and would reject the whole file. Roll out in two "
                 f"steps: run config without this --label (version {v} loads), then again with it once "
                 f"GET /v1/models/{name}/versions/{v} reports AVAILABLE")
-
-
-def _served_versions(entry: Any, on_disk: list[int]) -> list[int]:
-    which = entry.model_version_policy.WhichOneof("policy_choice")
-    if which == "all":
-        return on_disk
-    if which == "specific":
-        return _policy_versions("specific", list(entry.model_version_policy.specific.versions), on_disk)
-    n = entry.model_version_policy.latest.num_versions if which == "latest" else 1
-    return _policy_versions("latest", [max(1, n)], on_disk)
 
 
 def config_text(cfg: Any) -> str:
@@ -232,11 +393,9 @@ def repo_artifacts(repo: Path, cfg: Any) -> list[tuple[str, int, dict]]:
     """(model, version, build_info) for every served version in the repo."""
     out = []
     for entry in cfg.model_config_list.config:
-        mdir = repo / entry.name
-        if not mdir.is_dir():
-            continue
-        for v in _served_versions(entry, layout.list_versions(mdir)):
-            info = artifact.read_build_info(mdir / str(v)) or {}
+        paths = layout.version_paths(repo / entry.name)
+        for v in ModelEntry.from_proto(entry).aspired(paths):
+            info = artifact.read_build_info(paths[v]) or {}
             out.append((entry.name, v, info))
     return out
 
@@ -246,7 +405,7 @@ def check_image(repo: Path, cfg: Any, image: str) -> None:
     from builder.config import compat
 
     for name, v, info in repo_artifacts(repo, cfg):
-        vdir = repo / name / str(v)
+        vdir = layout.version_dir(repo, name, v)
         graphs = artifact.graph_defs(vdir)
         has_trt = info.get("optimizer") == "tftrt" or any(compat.trt_ops(gd) for gd in graphs)
         missing = set().union(*(compat.serving_missing_ops(gd) for gd in graphs)) if graphs else set()

@@ -138,18 +138,36 @@ def _unpack(z: Any) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_golden(version_path: str | os.PathLike, inputs: dict[str, Any], outputs: dict[str, Any]) -> Path:
-    """golden.npz: ``in/<alias>`` and ``out/<alias>``; strings kept byte-exact."""
-    arrays: dict[str, np.ndarray] = {}
-    for k, v in inputs.items():
-        _pack(f"in/{k}", v, arrays)
-    for k, v in outputs.items():
-        _pack(f"out/{k}", v, arrays)
-    p = Path(version_path) / GOLDEN_FILE
+def write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
+    """An .npz whose string arrays are packed byte-exact (``KEY#bytes``/``#lengths``/``#shape``);
+    ``read_npz`` gives them back as object arrays of bytes."""
+    packed: dict[str, np.ndarray] = {}
+    for k, v in arrays.items():
+        _pack(k, v, packed)
+    p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **packed)
     return p
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Arrays of an .npz (no pickle), packed strings unpacked; ``S`` arrays become object arrays
+    of bytes. ValueError for object (pickled) arrays, OSError for unreadable files."""
+    with np.load(path, allow_pickle=False) as z:
+        return _unpack(z)
+
+
+def write_golden(version_path: str | os.PathLike, inputs: dict[str, Any], outputs: dict[str, Any],
+                 signatures: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None) -> Path:
+    """golden.npz: ``in/<alias>`` and ``out/<alias>`` (the serving_default signature), and
+    ``sig/<KEY>/in|out/<alias>`` for every other signature; strings kept byte-exact."""
+    arrays: dict[str, Any] = {f"in/{k}": v for k, v in inputs.items()}
+    arrays.update({f"out/{k}": v for k, v in outputs.items()})
+    for key, (ins, outs) in (signatures or {}).items():
+        arrays.update({f"sig/{key}/in/{k}": v for k, v in ins.items()})
+        arrays.update({f"sig/{key}/out/{k}": v for k, v in outs.items()})
+    return write_npz(Path(version_path) / GOLDEN_FILE, arrays)
 
 
 def read_golden(version_path: str | os.PathLike) -> Golden | None:

@@ -48,3 +48,23 @@ class PublishError(BuilderError):
 
 class ServingError(BuilderError):
     """A serving check failed: the server did not come up, or answered wrongly."""
+
+
+class OutputError(BuilderError):
+    """The model repository cannot be written (a path under a file, read-only, disk full)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The informative line of a (often many-line) TensorFlow or library error.
+
+    User-facing errors are one line; TensorFlow's messages are dozens (graph-execution banners,
+    "Detected at node", stack frames). This keeps the first line that says what went wrong, so
+    every module that wraps a TensorFlow error into a ``BuilderError`` words it the same way.
+    """
+    text = getattr(e, "message", None) or str(e)
+    noise = ("Graph execution error", "Detected at node", "Traceback", "File ", "[[", "Original stack",
+             "Node:", "Op:")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(noise)]
+    line = (useful or lines or [type(e).__name__])[0]
+    return line if len(line) <= 240 else line[:237] + "..."

@@ -1,8 +1,9 @@
 """The ``<repo>/<name>/<version>`` layout TF Serving polls, owned in one place.
 
-TF Serving loads any child of a model's base path whose name parses as an integer, the moment it
-appears, with no completeness check. So versions are always staged under a non-numeric name and
-renamed into place; every reader here ignores non-numeric names exactly as the server does.
+TF Serving loads any child of a model's base path whose name parses as an integer (``00000123``
+is version 123, loaded from that directory), the moment it appears, with no completeness check.
+So versions are always staged under a non-numeric name and renamed into place; every reader here
+applies the server's naming rule (``parse_version_name``) and ignores other names as it does.
 """
 
 from __future__ import annotations
@@ -12,26 +13,91 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from builder.core.errors import VersionError
+from builder.core.errors import InputError, VersionError
 
 STAGING_PREFIX = ".staging-"
 
-_VERSION_RE = re.compile(r"^[0-9]+$")
+_VERSION_RE = re.compile(r"^[ \t\n\v\f\r]*\+?([0-9]+)[ \t\n\v\f\r]*\Z")
+_INT64_MAX = 2**63 - 1
+
+
+def parse_version_name(name: str) -> int | None:
+    """The version a directory name stands for, or None when TF Serving would ignore it.
+
+    TF Serving (``file_system_storage_path_source.cc``) parses each child of a base path with
+    ``absl::SimpleAtoi`` into an int64: ``00000123`` is version 123 (its own testdata uses that
+    name), ``+7`` is 7, surrounding ASCII whitespace is allowed, anything else is not a version.
+    Negative numbers also parse there but name no exportable version, so they are ignored here.
+    """
+    m = _VERSION_RE.match(name)
+    if m is None:
+        return None
+    value = int(m.group(1))
+    return value if value <= _INT64_MAX else None
+
+
+# A model name is a directory under the repository, the TF Serving model name (REST path
+# /v1/models/NAME) and part of OCI tags: letters, digits, '_', '-', '.', not starting with '.'
+# (hidden and staging directories start with '.') or '-'/'_' (read as flags / OCI-invalid).
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def validate_model_name(name: str, flag: str = "--name") -> str:
+    """The one model-name rule (export, deploy, publish, pull): returns ``name`` or raises an
+    InputError naming the flag."""
+    if not name or not _MODEL_NAME_RE.match(name):
+        raise InputError(f"{flag} {name!r}: use letters, digits, '_', '-', '.' (not starting "
+                         f"with '.'), e.g. {flag} facenet")
+    return name
 
 
 def is_version_name(name: str) -> bool:
-    """True for names TF Serving treats as versions (all digits, fits in int64)."""
-    return bool(_VERSION_RE.match(name)) and int(name) < 2**63
+    """True for names TF Serving treats as versions (see ``parse_version_name``)."""
+    return parse_version_name(name) is not None
+
+
+def version_paths(model_dir: str | os.PathLike, warn: Callable[[str], None] | None = None) -> dict[int, Path]:
+    """Version -> the directory it is loaded from, for every version directory under a base path.
+
+    Why a mapping and not ``base/str(v)``: the directory keeps its own name (``00000123`` is
+    loaded from ``00000123``). Two names for one version (``1`` and ``01``) are a user mistake
+    TF Serving resolves with a warning, the later child winning; children are taken in byte
+    order (as ``config/lifecycle.discover_versions`` models it), so ``1`` wins over ``01`` and
+    every command picks the same one. Entries that vanish while listed (a version being
+    deleted) are skipped.
+    """
+    p = Path(model_dir)
+    try:
+        children = sorted(p.iterdir())
+    except OSError:
+        return {}
+    found: dict[int, list[Path]] = {}
+    for c in children:
+        v = parse_version_name(c.name)
+        if v is None:
+            continue
+        try:
+            if c.is_dir():
+                found.setdefault(v, []).append(c)
+        except OSError:
+            continue
+    out = {}
+    for v, paths in sorted(found.items()):
+        chosen = max(paths, key=lambda c: c.name.encode())
+        if len(paths) > 1 and warn is not None:
+            ignored = ", ".join(c.name for c in paths if c is not chosen)
+            warn(f"Duplicate version directories detected. Version {v} will be loaded from "
+                 f"{chosen}, {ignored} will be ignored.")
+        out[v] = chosen
+    return out
 
 
 def list_versions(model_dir: str | os.PathLike) -> list[int]:
-    """Numeric version directories under a model base path, ascending."""
-    p = Path(model_dir)
-    if not p.is_dir():
-        return []
-    return sorted(int(c.name) for c in p.iterdir() if c.is_dir() and is_version_name(c.name))
+    """Version numbers under a model base path, ascending (TF Serving's naming rule)."""
+    return sorted(version_paths(model_dir))
 
 
 def list_models(repo: str | os.PathLike) -> list[str]:
@@ -43,7 +109,10 @@ def list_models(repo: str | os.PathLike) -> list[str]:
 
 
 def version_dir(repo: str | os.PathLike, name: str, version: int) -> Path:
-    return Path(repo) / name / str(int(version))
+    """Where version ``version`` of ``name`` lives: the existing directory that names it (which
+    may be ``00000123``), else the canonical ``str(version)`` path for a new one."""
+    model_dir = Path(repo) / name
+    return version_paths(model_dir).get(int(version), model_dir / str(int(version)))
 
 
 def parse_version(value: object) -> int | None:

@@ -1,4 +1,4 @@
-"""Serving image: a docker build context for ``Dockerfile.serving``, the gate, and the build.
+"""Serving image: a docker build context for ``Dockerfile.serving``, and the gate before it.
 
 Why a prepared context instead of ``docker build .`` on the repo: the context must hold only
 numeric versions (TF Serving loads any numeric directory the moment it appears, so a half-copied
@@ -8,36 +8,27 @@ also lets a host without a Docker engine hand the exact context and ``docker bui
 machine that has one.
 
 The compatibility gate runs before anything is written: an artefact with TensorRT ops cannot go
-into a CPU image or a >= 2.18 image (``builder.compat.image_problem``).
+into a CPU image or a >= 2.18 image (``builder.config.compat.image_problem``).
+
+The docker SDK build/push is ``builder.deploy.docker``; the command line is
+``scripts/build_serving_image``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import secrets
-import shlex
 import shutil
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from builder.config import compat
 from builder.core import artifact
-from builder.core.errors import (
-    BuilderError,
-    CompatibilityError,
-    ConfigError,
-    InputError,
-    PublishError,
-    ServingError,
-    UnavailableError,
-)
-from builder.core.layout import list_models, list_versions
+from builder.core.errors import CompatibilityError, ConfigError, InputError
+from builder.core.layout import list_models, list_versions, version_dir
 
 DEFAULT_SERVING_TAG = "2.17.0-gpu"
 SERVING_REPOSITORY = "tensorflow/serving"
@@ -182,7 +173,7 @@ def scan_repo(repo: str | os.PathLike, models: Iterable[str] | None = None) -> l
             raise InputError(f"--models {name}: {root / name} has no numeric version "
                              "directories: export a version first")
         for v in versions:
-            out.append(scan_version(name, v, root / name / str(v)))
+            out.append(scan_version(name, v, version_dir(root, name, v)))
     if not out:
         raise InputError(f"--repo {root}: no model versions found: export one with "
                          "'python -m builder export ... --repo " + str(root) + "'")
@@ -198,10 +189,9 @@ def gate(artefacts: Sequence[ArtefactInfo], image: str) -> None:
 
 
 def gate_warnings(artefacts: Sequence[ArtefactInfo], image: str) -> list[str]:
-    """Pairings that load but are slow (TensorRT minor/patch mismatch rebuilds engines), and
-    bf16 artefacts that need oneDNN on (plus fp32 models sharing a bf16 server)."""
+    """Pairings that load but are slow (TensorRT minor/patch mismatch rebuilds engines)."""
     out = [f"{a.name}/{a.version}: {w}" for a in artefacts if (w := a.warning(image))]
-    shared = compat.shared_server_warning(  # bf16 hook (issue 12)
+    shared = compat.shared_server_warning(  # bf16 hook (issue 12): --mixed_precision is server-wide
         (f"{a.name}/{a.version}", a.bf16) for a in artefacts)
     return out + ([shared] if shared else [])
 
@@ -234,15 +224,9 @@ def check_models_config(text: str, source: str, models_dir: Path) -> list[str]:
     nothing and retry forever, so it is refused here rather than discovered in production.
     Returns the model names the config serves.
     """
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
+    from builder.config.models_config import parse_config_proto
 
-    cfg = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, cfg)
-    except text_format.ParseError as e:
-        raise ConfigError(f"{source}: not a ModelServerConfig text proto ({e}): regenerate it "
-                          "with 'python -m builder config --base_path /models'") from None
+    cfg = parse_config_proto(text, source, "regenerate it with 'python -m builder config --base_path /models'")
     if not cfg.HasField("model_config_list") or not cfg.model_config_list.config:
         raise ConfigError(f"{source}: serves no models (no model_config_list entries): "
                           "regenerate it with 'python -m builder config --base_path /models'")
@@ -368,68 +352,31 @@ def prepare(
     overwrite: bool = False,
     dockerfile: str | os.PathLike | None = None,
 ) -> BuildContext:
-    """Like ``prepare_build_context`` but returns the full ``BuildContext``."""
+    """Like ``prepare_build_context`` but returns the full ``BuildContext``.
+
+    Steps: read the user's files (a typo fails before anything is copied), scan and gate the
+    artefacts, assemble the context in a hidden sibling, swap it into place.
+    """
     base = serving_image(image_tag)
     src_dockerfile = Path(dockerfile) if dockerfile else DOCKERFILE
     if not src_dockerfile.is_file():
         raise InputError(f"--dockerfile {src_dockerfile}: no such file: pass the path of "
                          "Dockerfile.serving from the tfs-builder source tree")
-    # Read user files up front so a typo fails before anything is copied.
-    cfg_text = _read_config(models_config, "--models_config")
-    batching_text = _read_config(batching, "--batching")
-    monitoring_text = _read_config(monitoring, "--monitoring")
-    from builder.config import companions as batching_mod
-
-    if batching_text is not None:
-        batching_mod.parse_batching_parameters(batching_text, f"--batching {batching}")
-    if monitoring_text is not None:
-        batching_mod.parse_monitoring_config(monitoring_text, f"--monitoring {monitoring}")
-
+    user = _read_user_configs(models_config, batching, monitoring)
     artefacts = scan_repo(repo, models)
     gate(artefacts, base)
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--context {out}: exists and is not a directory: choose another path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"--context {out}: not empty: pass --overwrite to replace it, or "
-                         "choose another directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    out = _check_out_dir(Path(out_dir), overwrite)
     chosen: dict[str, list[int]] = {}
     for a in artefacts:
         chosen.setdefault(a.name, []).append(a.version)
+    ctx = BuildContext(path=out, serving_tag=str(image_tag), models=chosen,
+                       has_trt=any(a.has_trt for a in artefacts),
+                       warnings=gate_warnings(artefacts, base),
+                       mixed_precision=mixed_precision_of(artefacts))  # bf16 hook
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         tmp.mkdir()
-        shutil.copy2(src_dockerfile, tmp / "Dockerfile")
-        models_dir = tmp / "models"
-        for a in artefacts:
-            shutil.copytree(a.path, models_dir / a.name / str(a.version),
-                            copy_function=_link_or_copy)
-        config_dir = tmp / "config"
-        config_dir.mkdir()
-        cfg_path = config_dir / MODELS_CONFIG
-        if cfg_text is None:
-            _generate_models_config(models_dir, cfg_path)
-            cfg_text = cfg_path.read_text(encoding="utf-8")
-        else:
-            cfg_path.write_text(cfg_text, encoding="utf-8")
-        check_models_config(cfg_text, str(models_config or cfg_path), models_dir)
-        # Explicit files win; otherwise keep what the config command wrote beside
-        # models.config, or generate the defaults.
-        for fname, text, default in (
-            (BATCHING_FILE, batching_text, lambda: _default_batching_text(models_dir)),
-            (MONITORING_FILE, monitoring_text, _default_monitoring_text),
-        ):
-            target = config_dir / fname
-            if text is not None:
-                target.write_text(text, encoding="utf-8")
-            elif not target.is_file():
-                target.write_text(default(), encoding="utf-8")
-        ctx = BuildContext(path=out, serving_tag=str(image_tag), models=chosen,
-                           has_trt=any(a.has_trt for a in artefacts),
-                           warnings=gate_warnings(artefacts, base),
-                           mixed_precision=mixed_precision_of(artefacts))  # bf16 hook
+        _assemble(tmp, src_dockerfile, artefacts, user)
         (tmp / "build.json").write_text(json.dumps({
             "serving_tag": ctx.serving_tag,
             "base_image": base,
@@ -438,22 +385,103 @@ def prepare(
             "server_flags": server_flags(mixed_precision=ctx.mixed_precision),  # bf16 hook
             "target": ctx.target,  # bf16 hook (issue 12)
         }, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ctx
 
 
+@dataclass
+class _UserConfigs:
+    """The config files the user passed (None: generate), with the paths for error messages."""
+
+    models_config: str | None
+    models_config_path: str | os.PathLike | None
+    batching: str | None
+    monitoring: str | None
+
+
+def _read_user_configs(models_config: str | os.PathLike | None, batching: str | os.PathLike | None,
+                       monitoring: str | os.PathLike | None) -> _UserConfigs:
+    from builder.config import companions
+
+    user = _UserConfigs(_read_config(models_config, "--models_config"), models_config,
+                        _read_config(batching, "--batching"), _read_config(monitoring, "--monitoring"))
+    if user.batching is not None:
+        companions.parse_batching_parameters(user.batching, f"--batching {batching}")
+    if user.monitoring is not None:
+        companions.parse_monitoring_config(user.monitoring, f"--monitoring {monitoring}")
+    return user
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--context {out}: exists and is not a directory: choose another path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"--context {out}: not empty: pass --overwrite to replace it, or "
+                         "choose another directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _assemble(tmp: Path, dockerfile: Path, artefacts: Sequence[ArtefactInfo],
+              user: _UserConfigs) -> None:
+    """Dockerfile, models/NAME/VERSION (hard links), config/ (models.config checked against the
+    copied models; explicit batching/monitoring files win, else what the config command wrote,
+    else the defaults)."""
+    shutil.copy2(dockerfile, tmp / "Dockerfile")
+    models_dir = tmp / "models"
+    for a in artefacts:
+        shutil.copytree(a.path, models_dir / a.name / str(a.version), copy_function=_link_or_copy)
+    config_dir = tmp / "config"
+    config_dir.mkdir()
+    cfg_path = config_dir / MODELS_CONFIG
+    cfg_text = user.models_config
+    if cfg_text is None:
+        _generate_models_config(models_dir, cfg_path)
+        cfg_text = cfg_path.read_text(encoding="utf-8")
+    else:
+        cfg_path.write_text(cfg_text, encoding="utf-8")
+    check_models_config(cfg_text, str(user.models_config_path or cfg_path), models_dir)
+    for fname, text, default in (
+        (BATCHING_FILE, user.batching, lambda: _default_batching_text(models_dir)),
+        (MONITORING_FILE, user.monitoring, _default_monitoring_text),
+    ):
+        target = config_dir / fname
+        if text is not None:
+            target.write_text(text, encoding="utf-8")
+        elif not target.is_file():
+            target.write_text(default(), encoding="utf-8")
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """The finished context replaces ``out`` by rename: a reader sees the old or the new one."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------------------------
-# docker build / push
+# Image references
 # --------------------------------------------------------------------------------------------
+
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:localhost|[A-Za-z0-9.-]+\.[A-Za-z0-9.-]+|[A-Za-z0-9.-]+:[0-9]+)(?::[0-9]+)?"
+_IMAGE_RE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+)
+
+
+def validate_image_ref(image: str) -> None:
+    """Docker's reference grammar (without digests): checked before a long build, not after."""
+    if not _IMAGE_RE.fullmatch(image or ""):
+        raise InputError(f"--image {image!r} is not a docker image reference: use lowercase "
+                         "e.g. --image registry.example.com/team/facenet-serving:3")
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -463,166 +491,3 @@ def split_image(image: str) -> tuple[str, str]:
         repo, tag = image.rsplit(":", 1)
         return repo, tag
     return image, "latest"
-
-
-def build_command(context: str | os.PathLike, image: str,
-                  serving_tag: str = DEFAULT_SERVING_TAG, target: str = "serving") -> list[str]:
-    """The ``docker build`` argv equivalent to what ``build_and_push`` asks the engine for."""
-    ctx = Path(context)
-    return ["docker", "build", "--build-arg", f"SERVING_TAG={serving_tag}",
-            "--target", target,  # bf16 hook (issue 12)
-            "--tag", image, "--file", str(ctx / "Dockerfile"), str(ctx)]
-
-
-def push_command(image: str) -> list[str]:
-    return ["docker", "push", image]
-
-
-def docker_client() -> Any:
-    """A docker SDK client whose engine answers ping, or UnavailableError (one line)."""
-    try:
-        import docker
-    except ImportError:
-        raise UnavailableError("no Docker SDK: pip install docker==7.2.0 (or build with the "
-                               "printed docker command on a Docker host)") from None
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as e:  # noqa: BLE001 - any failure to reach the engine means "no engine"
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnavailableError(f"no Docker engine: {reason} (set DOCKER_HOST, start dockerd, "
-                               "or run the printed docker build command on a Docker host)"
-                               ) from None
-    return client
-
-
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:localhost|[A-Za-z0-9.-]+\.[A-Za-z0-9.-]+|[A-Za-z0-9.-]+:[0-9]+)(?::[0-9]+)?"
-_IMAGE_RE = re.compile(
-    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
-)
-
-
-def _validate_image_ref(image: str) -> None:
-    """Docker's reference grammar (without digests): checked before a long build, not after."""
-    if not _IMAGE_RE.fullmatch(image or ""):
-        raise InputError(f"--image {image!r} is not a docker image reference: use lowercase "
-                         "e.g. --image registry.example.com/team/facenet-serving:3")
-
-
-def build_and_push(context: str | os.PathLike, image: str,
-                   serving_tag: str = DEFAULT_SERVING_TAG, push: bool = True,
-                   client: Any = None, log: Any = print, target: str = "serving") -> str:
-    """Build the context with the docker SDK, then push. Returns the image id.
-
-    Build and push errors become BuilderErrors carrying the engine's own last message, since
-    that (unknown tag, auth required) is what the user has to act on.
-    """
-    _validate_image_ref(image)
-    client = client or docker_client()
-    import docker
-
-    try:
-        img, logs = client.images.build(path=str(context), dockerfile="Dockerfile",
-                                        buildargs={"SERVING_TAG": serving_tag}, tag=image,
-                                        rm=True, target=target)  # bf16 hook: target
-    except docker.errors.BuildError as e:
-        raise ServingError(f"docker build of {image} failed: {e.msg}") from None
-    except docker.errors.APIError as e:
-        raise ServingError(f"docker build of {image} failed: {e.explanation or e}") from None
-    for chunk in logs:
-        line = chunk.get("stream", "").rstrip() if isinstance(chunk, dict) else ""
-        if line:
-            log(line)
-    if push:
-        repo, tag = split_image(image)
-        try:
-            stream = client.images.push(repo, tag=tag, stream=True, decode=True)
-            for chunk in stream:
-                if "error" in chunk:
-                    raise PublishError(f"docker push {image} failed: {chunk['error']}")
-                status = chunk.get("status")
-                if status and "id" not in chunk:
-                    log(status)
-        except docker.errors.APIError as e:
-            raise PublishError(f"docker push {image} failed: {e.explanation or e}") from None
-    return img.id
-
-
-# --------------------------------------------------------------------------------------------
-# scripts/build_serving_image
-# --------------------------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="scripts/build_serving_image",
-        description="Build (and push) a tensorflow/serving image holding a tfs-builder model "
-                    "repository. Runs the TensorRT compatibility gate first; without a Docker "
-                    "engine it still prepares the context and prints the docker commands.",
-    )
-    p.add_argument("--repo", required=True, help="model repository (REPO/NAME/VERSION)")
-    p.add_argument("--image", default="",
-                   help="image reference to build and push, e.g. registry/team/facenet:3 "
-                        "(required unless --context_only)")
-    p.add_argument("--serving_tag", default=DEFAULT_SERVING_TAG,
-                   help="tensorflow/serving tag to build FROM (default %(default)s)")
-    p.add_argument("--context", default="build/serving-image",
-                   help="directory to write the build context to (default %(default)s)")
-    p.add_argument("--models", default="", help="comma list of model names (default: all)")
-    p.add_argument("--models_config", default=None,
-                   help="models.config to bake in; its base paths must be /models/NAME "
-                        "(default: generated by 'python -m builder config --base_path /models')")
-    p.add_argument("--batching", default=None,
-                   help="batching_parameters.txt (default: builder.batching defaults)")
-    p.add_argument("--monitoring", default=None,
-                   help="monitoring.config (default: Prometheus at " + PROMETHEUS_PATH + ")")
-    p.add_argument("--dockerfile", default=None, help="Dockerfile (default: Dockerfile.serving)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --context")
-    p.add_argument("--no_push", action="store_true", help="build only, do not push")
-    p.add_argument("--context_only", action="store_true",
-                   help="prepare the context and print the commands; do not talk to Docker")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of scripts/build_serving_image: exit 0 ok, 2 user error / no engine."""
-    args = _parser().parse_args(argv)
-    try:
-        if not args.context_only:
-            if not args.image:
-                raise InputError("--image is required to build: use e.g. --image "
-                                 "registry.example.com/team/facenet-serving:3, or pass "
-                                 "--context_only")
-            _validate_image_ref(args.image)
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        ctx = prepare(args.repo, args.context, args.serving_tag, args.models_config,
-                      args.batching, args.monitoring, models, args.overwrite, args.dockerfile)
-        print(f"build context: {ctx.path}")
-        print(f"  base image:  {ctx.base_image}" + ("  (TensorRT artefacts)" if ctx.has_trt
-                                                    else ""))
-        for name, versions in ctx.models.items():
-            print(f"  model:       {name} versions {', '.join(map(str, versions))}")
-        for w in ctx.warnings:
-            print(f"warning: {w}")
-        image = args.image or "IMAGE"
-        print("docker build command:")
-        if ctx.mixed_precision:  # bf16 hook (issue 12)
-            print(f"  serving profile: --mixed_precision={ctx.mixed_precision} (target {ctx.target})")
-        print("  " + shlex.join(build_command(ctx.path, image, args.serving_tag, ctx.target)))
-        if not args.no_push:
-            print("  " + shlex.join(push_command(image)))
-        if args.context_only:
-            return 0
-        client = docker_client()
-        image_id = build_and_push(ctx.path, args.image, args.serving_tag,
-                                  push=not args.no_push, client=client, target=ctx.target)
-        print(f"built {args.image} ({image_id})" + ("" if args.no_push else " and pushed"))
-        return 0
-    except BuilderError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -57,8 +57,11 @@ from typing import Any
 
 import numpy as np
 
+from builder.core import log
 from builder.core.errors import InputError
+from builder.options import as_bool, as_int, as_list
 
+_LOG = log.get(__name__)
 MODEL_NAME = "20180402-114759"  # FaceNet's VGGFace2 release name, fixed for reproducibility
 CHECKPOINT_STEP = 275  # the step of that release's checkpoint
 FORMATS = ("checkpoint", "frozen", "savedmodel")
@@ -467,10 +470,7 @@ def build_facenet_graph(graph: Any, *, tiny: bool = False, seed: int = 0,
 
 
 def _check_seed(seed: object, flag: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-        raise InputError(f"{flag} {seed!r} is not an integer in 0..2147483647: "
-                         f"use e.g. {flag} 0")
-    return seed
+    return as_int(seed, flag, minimum=0, maximum=2**31 - 1, example=0)
 
 
 def probe_images(n: int, image_size: int, seed: int = 0) -> np.ndarray:
@@ -559,9 +559,7 @@ def _stage_dir(out: Path) -> Path:
 
 
 def _check_formats(formats: Iterable[str]) -> list[str]:
-    if isinstance(formats, str):
-        formats = [s.strip() for s in formats.split(",") if s.strip()]
-    wanted = list(dict.fromkeys(str(f) for f in formats))
+    wanted = list(dict.fromkeys(as_list(formats if isinstance(formats, str) else list(formats))))
     bad = [f for f in wanted if f not in FORMATS]
     if bad or not wanted:
         raise InputError(f"formats {bad or wanted!r} not understood: choose from "
@@ -572,11 +570,12 @@ def _check_formats(formats: Iterable[str]) -> list[str]:
 def write_example(out_dir: str | Path, *, tiny: bool = False, seed: int = 0,
                   formats: Iterable[str] = FORMATS, image_size: int | None = None,
                   embedding_size: int | None = None,
-                  log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                  log: Callable[[str], None] | None = _LOG.info) -> dict[str, Any]:
     """Write the FaceNet example under ``out_dir`` (absent or empty) as FaceNet ships it.
 
     Everything is written to a hidden sibling directory first and renamed into place at the
     end, so a failure never leaves a half-written model where a loader could pick it up.
+    Progress goes to ``log`` (default: the builder log channel on stderr; None: silent).
     Returns paths by role (``checkpoint_dir``, ``meta``, ``checkpoint_prefix``, ``frozen``,
     ``savedmodel``; only for the formats asked for) plus ``image_size``, ``embedding_size``,
     ``parameters``, ``model_name``, ``step``, ``seconds``.
@@ -591,7 +590,7 @@ def write_example(out_dir: str | Path, *, tiny: bool = False, seed: int = 0,
             log(f"[{time.perf_counter() - t0:5.1f}s] {msg}")
 
     wanted = _check_formats(formats)
-    _check_seed(seed, "seed")
+    seed = _check_seed(seed, "seed")
     arch = architecture(tiny=tiny, image_size=image_size, embedding_size=embedding_size)
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -696,17 +695,14 @@ def example_command(out: str = "example_model", tiny: bool = False, seed: int = 
         seed: integer seed for the weights; the same seed writes the same weights.
         formats: comma list of what to write: checkpoint, frozen, savedmodel (default: all).
     """
-    from builder.options import as_list
-
-    if isinstance(tiny, str):
-        raise InputError(f"--tiny {tiny!r}: it is a switch, use --tiny or --notiny")
-    _check_seed(seed, "--seed")
+    tiny = as_bool(tiny, "--tiny")
+    seed = _check_seed(seed, "--seed")
     wanted = as_list(formats, "--formats")
     bad = [f for f in wanted if f not in FORMATS]
     if bad or not wanted:
         raise InputError(f"--formats {','.join(bad or wanted)!r} not understood: use a comma "
                          f"list of {', '.join(FORMATS)}")
-    info = write_example(out, tiny=bool(tiny), seed=seed, formats=wanted)
+    info = write_example(out, tiny=tiny, seed=seed, formats=wanted)
     print(f"model: FaceNet Inception-ResNet-v1, {info['parameters']:,} parameters, input "
           f"input:0 [-1,{info['image_size']},{info['image_size']},3] float32, output "
           f"embeddings:0 [-1,{info['embedding_size']}], feed phase_train:0=False")

@@ -288,38 +288,58 @@ def _is_bf16(node: Any) -> bool:
 def measure_speedup(fp32_graph: Any, bf16_graph: Any | None, inputs: list[Any],
                     outputs: list[Any], batch: int, seed: int = 0, repeats: int = 3
                     ) -> dict[str, Any]:
-    """FP32 vs bf16 of the same export, interleaved in this process: items/s at ``batch`` and
-    batch-1 p50. ``bf16_graph`` None = the profile (FP32 graph, rewrite on); else baked.
-
-    Recorded in build_info so the claim travels with the artefact; the CPU is named, since the
-    number only holds on a CPU like it. Returns ``{"skipped": reason}`` when inputs cannot be
-    generated from the signature (the export itself does not depend on this number)."""
+    """FP32 vs bf16 of one graph, interleaved in this process: items/s at ``batch`` and batch-1
+    p50. ``bf16_graph`` None = the profile (FP32 graph, rewrite on); else the baked graph.
+    Returns ``{"skipped": reason}`` when inputs cannot be synthesised from the signature (the
+    export itself does not depend on this number)."""
     from builder.export import parity
 
     try:
         big = parity.generate_samples(inputs, batch, seed)
     except InputError as e:
         return {"skipped": str(e)}
+    return _measure({
+        "fp32": lambda: _GraphRunner(fp32_graph, inputs, outputs, None),
+        "bf16": lambda: _GraphRunner(bf16_graph if bf16_graph is not None else fp32_graph, inputs,
+                                     outputs, None if bf16_graph is not None else session_config()),
+    }, big, batch, repeats)
+
+
+def measure_saved_model(path: str | os.PathLike, tags: list[str], signature: Any,
+                        inputs: dict[str, np.ndarray], repeats: int = 3) -> dict[str, Any]:
+    """The serving profile on the written artefact: the same SavedModel loaded as TF Serving
+    loads it, once plain and once with the rewrite ``--mixed_precision=bfloat16`` sets."""
+    batch = next(iter(inputs.values())).shape[0]
+    return _measure({
+        "fp32": lambda: _SavedModelRunner(path, tags, signature, None),
+        "bf16": lambda: _SavedModelRunner(path, tags, signature, session_config()),
+    }, inputs, batch, repeats)
+
+
+def _measure(factories: dict[str, Any], big: dict[str, np.ndarray], batch: int,
+             repeats: int) -> dict[str, Any]:
+    """Warm up, then ``repeats`` interleaved rounds (alternating who goes first) of one
+    ``batch`` run and five batch-1 runs each; medians. Recorded with the CPU and load average,
+    since the ratio only holds on a CPU like this one and other jobs may share it."""
     one = {k: v[:1] for k, v in big.items()}
     load_before = os.getloadavg()[0]
-    runners = {"fp32": _Runner(fp32_graph, inputs, outputs, None)}
+    runners: dict[str, Any] = {}
     try:
-        runners["bf16"] = _Runner(bf16_graph if bf16_graph is not None else fp32_graph, inputs,
-                                  outputs, None if bf16_graph is not None else session_config())
-        rates: dict[str, list[float]] = {k: [] for k in runners}
-        lat: dict[str, list[float]] = {k: [] for k in runners}
+        for name, make in factories.items():
+            runners[name] = make()
         for r in runners.values():  # warm-up: first runs pay for Grappler and oneDNN primitives
             r.run(big)
             r.run(one)
+        rates: dict[str, list[float]] = {k: [] for k in runners}
+        lat: dict[str, list[float]] = {k: [] for k in runners}
         for i in range(repeats):
             order = list(runners.items())
-            for name, r in order[i % 2:] + order[:i % 2]:  # alternate who goes first
+            for name, r in order[i % 2:] + order[:i % 2]:
                 rates[name].append(batch / r.timed(big))
                 lat[name].extend(1000 * r.timed(one) for _ in range(5))
     finally:
         for r in runners.values():
             r.close()
-    load_after = os.getloadavg()[0]
     fp32, bf16 = (statistics.median(rates[k]) for k in ("fp32", "bf16"))
     p50 = {k: statistics.median(v) for k, v in lat.items()}
     cpu = read_cpuinfo()
@@ -330,23 +350,16 @@ def measure_speedup(fp32_graph: Any, bf16_graph: Any | None, inputs: list[Any],
         "batch1_p50_ms": {k: round(v, 3) for k, v in p50.items()},
         "batch1_p50_ratio": round(p50["bf16"] / p50["fp32"], 3),
         "cpu": cpu.label, "cpu_flags": cpu.relevant_flags, "cores": os.cpu_count(),
-        # other processes share the CPU: the ratio holds better than the absolute numbers
-        "load_average": [round(load_before, 2), round(load_after, 2)],
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
 class _Runner:
-    """One session on an imported GraphDef, fed with numpy arrays as a server feeds tensors."""
+    """A session fed numpy arrays by input alias, as a server feeds tensors."""
 
-    def __init__(self, graph_def: Any, inputs: list[Any], outputs: list[Any], config: Any):
-        import tensorflow as tf
-
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            tf.graph_util.import_graph_def(graph_def, name="")
-        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
-        self.feeds = {t.alias: t.tensor for t in inputs}
-        self.fetches = [t.tensor for t in outputs]
+    session: Any
+    feeds: dict[str, str]
+    fetches: list[str]
 
     def run(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self.fetches, {self.feeds[k]: v for k, v in batch.items()})
@@ -360,43 +373,102 @@ class _Runner:
         self.session.close()
 
 
+class _GraphRunner(_Runner):
+    def __init__(self, graph_def: Any, inputs: list[Any], outputs: list[Any], config: Any):
+        import tensorflow as tf
+
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.graph_util.import_graph_def(graph_def, name="")
+        self.session = tf.compat.v1.Session(graph=graph, config=config)
+        self.feeds = {t.alias: t.tensor for t in inputs}
+        self.fetches = [t.tensor for t in outputs]
+
+
+class _SavedModelRunner(_Runner):
+    """TF Serving's loader (TF1 ``loader.load``: restore, then the init op) with ``config``."""
+
+    def __init__(self, path: str | os.PathLike, tags: list[str], signature: Any, config: Any):
+        import tensorflow as tf
+
+        cfg = config if config is not None else tf.compat.v1.ConfigProto()
+        cfg.allow_soft_placement = True  # as builder.load.signatures.ServingSession
+        graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=graph, config=cfg)
+        try:
+            with graph.as_default():
+                mg = tf.compat.v1.saved_model.loader.load(self.session, list(tags), str(path))
+        except BaseException:
+            self.session.close()
+            raise
+        sig = mg.signature_def[signature.key]
+        self.feeds = {t.alias: sig.inputs[t.alias].name for t in signature.inputs}
+        self.fetches = [sig.outputs[t.alias].name for t in signature.outputs]
+        self.aliases = [t.alias for t in signature.outputs]
+
+    def outputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.aliases, self.run(batch)))
+
+
 # --------------------------------------------------------------------------- export hooks
 
 
 def optimize(gd: Any, inputs: list[Any], outputs: list[Any], bake: bool,
              measure_batch: int | None) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
-    """The bf16 step of ``cpu.optimize_graph`` after the FP32 optimiser ran: bake (or not) and
-    measure. Returns (graph to write, ``optimization["bf16"]``, extra passes)."""
-    baked, passes = (bake_graph(gd, inputs, outputs) if bake else (None, []))
-    info: dict[str, Any] = {"mode": "baked" if bake else "profile", "rewrite": REWRITE}
-    if bake:
-        info["needs"] = NEEDS
-    else:
-        info["serving_profile"] = dict(PROFILE)
+    """The bf16 step of ``cpu.optimize_graph`` after the FP32 optimiser ran. ``bake``: the bf16
+    graph, measured against the FP32 one (``measure_batch``). Otherwise the FP32 graph goes out
+    unchanged and the profile is measured on the written artefact (``finish_profile``).
+    Returns (graph to write, ``optimization["bf16"]``, extra passes)."""
+    if not bake:
+        return gd, profile_info(), []
+    baked, passes = bake_graph(gd, inputs, outputs)
+    info: dict[str, Any] = {"mode": "baked", "rewrite": REWRITE, "needs": NEEDS}
     if measure_batch:
         info["measured"] = measure_speedup(gd, baked, inputs, outputs, measure_batch)
-    return (baked if bake else gd), info, passes
+    return baked, info, passes
 
 
-def run_for_parity(path: str | os.PathLike, samples: dict[str, np.ndarray],
-                   precision: str, optimization: dict[str, Any] | None = None
-                   ) -> dict[str, np.ndarray]:
-    """The export's parity run: as ``parity.run_saved_model`` (TF Serving's TF1 loader), but
-    for the bf16 serving profile WITH the rewrite on - the numbers a server started with
-    ``--mixed_precision=bfloat16`` returns. Baked and FP32 artefacts load plainly."""
+def profile_info() -> dict[str, Any]:
+    return {"mode": "profile", "rewrite": REWRITE, "serving_profile": dict(PROFILE)}
+
+
+def parity_runner(precision: str, bake: bool) -> Any:
+    """What the export's parity step runs the artefact with: ``parity.run_export`` (TF
+    Serving's loader), or for the bf16 serving profile the same WITH the rewrite on - the
+    numbers a server started with ``--mixed_precision=bfloat16`` returns."""
     from builder.export import parity
 
-    mode = ((optimization or {}).get("bf16") or {}).get("mode")
-    if precision != "bf16" or mode != "profile":
-        return parity.run_saved_model(path, samples)
-    import tensorflow as tf
+    return run_export_profile if precision == "bf16" and not bake else parity.run_export
 
-    with tf.Graph().as_default() as g, tf.compat.v1.Session(graph=g, config=session_config()) as s:
-        mg = tf.compat.v1.saved_model.loader.load(s, ["serve"], str(path))
-        sig = mg.signature_def["serving_default"]
-        fetches = {k: g.get_tensor_by_name(v.name) for k, v in sig.outputs.items()}
-        feed = {g.get_tensor_by_name(sig.inputs[k].name): v for k, v in samples.items()}
-        return s.run(fetches, feed_dict=feed)
+
+def run_export_profile(path: str | os.PathLike, tags: list[str], signatures: dict[str, Any],
+                       sample_sets: list[dict[str, dict[str, np.ndarray]]]
+                       ) -> list[dict[str, dict[str, np.ndarray]]]:
+    """``parity.run_export`` with the bf16 rewrite on: every signature on every sample set."""
+    runners: dict[str, _SavedModelRunner] = {}
+    try:
+        out = []
+        for s in sample_sets:
+            res = {}
+            for key, inputs in s.items():
+                if key not in runners:  # one load per signature (the loader is TF Serving's)
+                    runners[key] = _SavedModelRunner(path, tags, signatures[key], session_config())
+                res[key] = runners[key].outputs(inputs)
+            out.append(res)
+        return out
+    finally:
+        for r in runners.values():
+            r.close()
+
+
+def finish_profile(optimization: dict[str, Any], precision: str, bake: bool, path: str | os.PathLike,
+                   tags: list[str], signature: Any, inputs: dict[str, np.ndarray]) -> None:
+    """After parity passed, for the serving profile: record it in ``optimization["bf16"]`` with
+    the speed-up measured on the written artefact (``inputs`` at the batch to measure)."""
+    if precision != "bf16" or bake:
+        return
+    info = optimization.setdefault("bf16", profile_info())
+    info["measured"] = measure_saved_model(path, tags, signature, inputs)
 
 
 def build_info_fields(precision: str, optimization: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """``publish`` / ``pull`` / ``verify``: move a parity-checked version to where a fleet serves it.
 
 The contract is "nothing half-published, ever": a polling TF Serving sees the old state or the
-complete new version. How each kind of target guarantees that is in ``builder.publish_store``
-(filesystem and object stores) and ``builder.publish_oci`` (OCI registries).
+complete new version. How each kind of target guarantees that is in ``builder.publish.targets.store``
+(filesystem and object stores) and ``builder.publish.targets.oci`` (OCI registries).
 
 Before anything is copied, publish writes ``assets.extra/manifest.json`` (sha256 + size of every
 file) into the LOCAL version too (atomically; or checks the one already there), so the source
@@ -24,24 +24,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.core import layout
+from builder.core import layout, log
 from builder.core.errors import InputError, PublishError
+from builder.core.layout import validate_model_name
+from builder.options import as_int
 from builder.publish.manifest import (
+    LocalVersion,
     Manifest,
-    compute_manifest,
     ensure_local_manifest,
     labelled_versions,
     parity_passed,
     plan_retention,
     select_version,
 )
-from builder.publish.targets.store import LocalTarget, _Raced, open_target, test_pause
+from builder.publish.targets.store import LocalTarget, Target, VersionRaced, open_target, test_pause
 
 Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
+_LOG = log.get(__name__)
 
 
 @dataclass
@@ -60,22 +59,21 @@ class PublishResult:
     oci_digest: str = ""
 
 
-def _int_flag(value: object, flag: str) -> int:
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        raise InputError(f"{flag} {value!r} is not an integer: use e.g. {flag} 3") from None
-    if n < 0:
-        raise InputError(f"{flag} {n} must be 0 (keep everything) or a positive count")
-    return n
-
-
 def publish(repo: str, name: str, to: str, version: object = "latest", keep: object = 0,
             models_config: str = "", dry_run: bool = False, plain_http: bool = False,
-            log: Log = _quiet) -> PublishResult:
-    """Publish one parity-passed version of ``repo/name`` to ``to``; see the module docstring."""
+            log: Log | None = None) -> PublishResult:
+    """Publish one parity-passed version of ``repo/name`` to ``to``; see the module docstring.
+
+    Steps: check the flags and pick the version (parity must have passed), read the labels
+    that protect versions from retention, write/check the local manifest, copy to the target
+    (OCI registry or model base path), then apply ``--keep`` retention. Progress goes to
+    ``log`` (default: the builder log channel on stderr).
+    """
     t0 = time.perf_counter()
-    keep_n = _int_flag(keep, "--keep")
+    say = log or _LOG.info
+    keep_n = as_int(keep, "--keep", example=3)
+    if keep_n < 0:
+        raise InputError(f"--keep {keep_n} must be 0 (keep everything) or a positive count")
     lv = select_version(repo, name, version)
     labels = labelled_versions(models_config, name)
     manifest = ensure_local_manifest(lv.path, write=not dry_run)
@@ -84,67 +82,95 @@ def publish(repo: str, name: str, to: str, version: object = "latest", keep: obj
                          "or oci://HOST/REPOSITORY[:TAG]")
     from builder.publish.targets import oci
 
+    protected = set(labels.values()) | {lv.version}
     if oci.is_oci(to):
-        res = oci.publish(lv.path, name, lv.version, lv.build_info, manifest, to,
-                                  plain_http=plain_http, dry_run=dry_run)
-        result = PublishResult(str(res.ref), name, lv.version, res.action, len(manifest.files),
-                               manifest.total_bytes, manifest.digest(), oci_digest=res.manifest_digest)
+        result = _publish_oci(lv, manifest, to, plain_http, dry_run)
         if keep_n:
-            reg = oci.Registry(res.ref, plain_http)
-            tagged = oci.tag_versions(reg, name)
-            doomed = plan_retention(sorted(tagged), keep_n, set(labels.values()) | {lv.version})
-            for v in doomed:
-                if not dry_run:
-                    reg.delete_tag(tagged[v])
-                log(f"  {'would delete' if dry_run else 'deleted'} tag {tagged[v]} (retention "
-                    f"--keep {keep_n})")
-            result.deleted = doomed
-        result.seconds = time.perf_counter() - t0
-        return result
-
-    target = open_target(to)
-    state = target.state(name, lv.version)
-    where = target.version_url(name, lv.version)
-    action = "dry-run" if dry_run else "published"
-    if state == "complete":
-        action = _compare_existing(target, name, lv.version, manifest, where)
-        if not dry_run:
-            target.cleanup_own_staging(name, lv.version, manifest)
-    elif not dry_run:
-        test_pause("publish-start")
-        try:
-            target.publish(lv.path, name, lv.version, manifest, log)
-        except _Raced:
-            action = _compare_existing(target, name, lv.version, manifest, where)
-    result = PublishResult(where, name, lv.version, action, len(manifest.files),
-                           manifest.total_bytes, manifest.digest())
-    if keep_n:
-        versions = target.versions(name)
-        protected = set(labels.values()) | {lv.version}
-        missing = sorted(set(labels.values()) - set(versions) - {lv.version})
-        if missing:
-            log(f"  note: labelled versions {missing} are not at {target.url}/{name}")
-        doomed = plan_retention(versions, keep_n, protected)
-        for v in doomed:
-            if not dry_run:
-                target.delete(name, v)
-            log(f"  {'would delete' if dry_run else 'deleted'} version {v} (retention --keep "
-                f"{keep_n})")
-        # object stores: leftovers of an interrupted delete (no saved_model.pb, never loadable)
-        # older than what was just published are finished off too
-        for v in target.partial_versions(name):
-            if v < lv.version and v not in protected:
-                if not dry_run:
-                    target.delete(name, v)
-                log(f"  {'would remove' if dry_run else 'removed'} the remains of version {v} "
-                    f"(an interrupted publish or delete)")
-                doomed.append(v)
-        result.deleted = sorted(doomed)
+            result.deleted = _retention_oci(result.target, plain_http, name, keep_n, protected,
+                                            dry_run, say)
+    else:
+        target = open_target(to)
+        result = _publish_store(target, lv, manifest, dry_run, say)
+        if keep_n:
+            result.deleted = _retention_store(target, lv, keep_n, protected, labels, dry_run, say)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _compare_existing(target, name: str, version: int, manifest: Manifest, where: str) -> str:
+def _publish_oci(lv: LocalVersion, manifest: Manifest, to: str, plain_http: bool,
+                 dry_run: bool) -> PublishResult:
+    from builder.publish.targets import oci
+
+    res = oci.publish(lv.path, lv.name, lv.version, lv.build_info, manifest, to,
+                      plain_http=plain_http, dry_run=dry_run)
+    return PublishResult(str(res.ref), lv.name, lv.version, res.action, len(manifest.files),
+                         manifest.total_bytes, manifest.digest(), oci_digest=res.manifest_digest)
+
+
+def _retention_oci(ref_text: str, plain_http: bool, name: str, keep_n: int, protected: set[int],
+                   dry_run: bool, say: Log) -> list[int]:
+    """Delete NAME-VERSION tags beyond the newest ``keep_n`` (never a protected version)."""
+    from builder.publish.targets import oci
+
+    reg = oci.Registry(oci.parse_ref(ref_text, "--to"), plain_http)
+    tagged = oci.tag_versions(reg, name)
+    doomed = plan_retention(sorted(tagged), keep_n, protected)
+    for v in doomed:
+        if not dry_run:
+            reg.delete_tag(tagged[v])
+        say(f"  {'would delete' if dry_run else 'deleted'} tag {tagged[v]} (retention "
+            f"--keep {keep_n})")
+    return doomed
+
+
+def _publish_store(target: Target, lv: LocalVersion, manifest: Manifest, dry_run: bool,
+                   say: Log) -> PublishResult:
+    """Copy to a model base path; an identical version already there is a no-op, a different
+    one is refused, and losing a race to another publisher is judged the same way."""
+    name, version = lv.name, lv.version
+    where = target.version_url(name, version)
+    action = "dry-run" if dry_run else "published"
+    if target.state(name, version) == "complete":
+        action = _compare_existing(target, name, version, manifest, where)
+        if not dry_run:
+            target.cleanup_own_staging(name, version, manifest)
+    elif not dry_run:
+        test_pause("publish-start")
+        try:
+            target.publish(lv.path, name, version, manifest, say)
+        except VersionRaced:
+            action = _compare_existing(target, name, version, manifest, where)
+    return PublishResult(where, name, version, action, len(manifest.files), manifest.total_bytes,
+                         manifest.digest())
+
+
+def _retention_store(target: Target, lv: LocalVersion, keep_n: int, protected: set[int],
+                     labels: dict[str, int], dry_run: bool, say: Log) -> list[int]:
+    """Delete versions beyond the newest ``keep_n`` (never a protected one), and the remains of
+    interrupted publishes/deletes older than the version just published."""
+    name = lv.name
+    versions = target.versions(name)
+    missing = sorted(set(labels.values()) - set(versions) - {lv.version})
+    if missing:
+        say(f"  note: labelled versions {missing} are not at {target.url}/{name}")
+    doomed = plan_retention(versions, keep_n, protected)
+    for v in doomed:
+        if not dry_run:
+            target.delete(name, v)
+        say(f"  {'would delete' if dry_run else 'deleted'} version {v} (retention --keep "
+            f"{keep_n})")
+    # object stores: leftovers of an interrupted delete (no saved_model.pb, never loadable)
+    for v in target.partial_versions(name):
+        if v < lv.version and v not in protected:
+            if not dry_run:
+                target.delete(name, v)
+            say(f"  {'would remove' if dry_run else 'removed'} the remains of version {v} "
+                f"(an interrupted publish or delete)")
+            doomed.append(v)
+    return sorted(doomed)
+
+
+def _compare_existing(target: Target, name: str, version: int, manifest: Manifest, where: str) -> str:
     existing = target.existing_manifest(name, version)
     if existing.files == manifest.files:
         return "unchanged"
@@ -165,8 +191,13 @@ class PullResult:
 
 
 def pull(from_: str, repo: str, name: str = "", version: object = "",
-         plain_http: bool = False) -> PullResult:
-    """Fetch an OCI model artefact into ``repo/NAME/VERSION`` (staged, checked, renamed)."""
+         plain_http: bool = False, max_unpacked_bytes: object = None) -> PullResult:
+    """Fetch an OCI model artefact into ``repo/NAME/VERSION`` (staged, checked, renamed).
+
+    Unpacking stops as soon as the files exceed what the artefact declares, or
+    ``max_unpacked_bytes`` (default: a few times the compressed layer; see
+    ``oci.unpack_limit``); the staging directory is removed on any failure.
+    """
     from builder.publish.targets import oci
 
     if not from_ or not oci.is_oci(from_):
@@ -174,6 +205,10 @@ def pull(from_: str, repo: str, name: str = "", version: object = "",
                          f"reference")
     if not repo:
         raise InputError("--repo is required: the local model repository to pull into")
+    if name:
+        validate_model_name(name, "--name")
+    limit = None if max_unpacked_bytes in (None, "", 0) else \
+        as_int(max_unpacked_bytes, "--max_unpacked_bytes", minimum=1, example="2000000000")
     ref = oci.parse_ref(from_, "--from_")
     want_version = layout.parse_version(version) if str(version or "").strip() else None
     if not ref.tag and not ref.digest:
@@ -187,36 +222,43 @@ def pull(from_: str, repo: str, name: str = "", version: object = "",
     staging = root / f"{layout.STAGING_PREFIX}pull-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        art = oci.fetch(ref, staging, plain_http)
+        art = oci.fetch(ref, staging, plain_http, max_unpacked_bytes=limit)
         if not parity_passed(art.build_info):
             raise PublishError(f"{ref}: its build_info does not record a passed parity check: "
                                f"refusing to install it into a serving repository")
         model = name or art.name
-        if not model or model.startswith(".") or "/" in model:
-            raise PublishError(f"{ref} does not name its model: pass --name")
+        try:
+            validate_model_name(model, "--name")
+        except InputError:
+            raise PublishError(f"{ref} does not name its model: pass --name") from None
         v = want_version or art.version
         final = layout.version_dir(root, model, v)
         test_pause("pull-extracted")
-        if final.exists():
-            old = LocalTarget(root).existing_manifest(model, v)
-            if old.files != art.manifest.files:
-                raise PublishError(f"{final} already exists with different content: refusing to "
-                                   f"overwrite it; pull into another --repo or --version")
-            action = "unchanged"
-        else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(staging, final)
-            except OSError:
-                if final.exists():
-                    raise PublishError(f"{final} appeared while pulling: rerun pull to compare "
-                                       f"it") from None
-                raise
-            action = "pulled"
+        action = _install(staging, final, art.manifest, root, model, v)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PullResult(final, model, v, action, len(art.manifest.files), art.manifest.total_bytes,
                       art.digest)
+
+
+def _install(staging: Path, final: Path, manifest: Manifest, root: Path, model: str,
+             version: int) -> str:
+    """Rename the checked staging dir into place; an identical version already there is a
+    no-op (``unchanged``), a different one is refused."""
+    if final.exists():
+        old = LocalTarget(root).existing_manifest(model, version)
+        if old.files != manifest.files:
+            raise PublishError(f"{final} already exists with different content: refusing to "
+                               f"overwrite it; pull into another --repo or --version")
+        return "unchanged"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if final.exists():
+            raise PublishError(f"{final} appeared while pulling: rerun pull to compare it") from None
+        raise
+    return "pulled"
 
 
 def verify(path: str, plain_http: bool = False) -> Manifest:
@@ -289,7 +331,7 @@ def publish_command(repo: str = "", name: str = "", to: str = "", version: str =
       dry_run: Print what would happen; write nothing (not even the local manifest).
       plain_http: oci only: use HTTP instead of HTTPS (automatic for localhost/127.0.0.1).
     """
-    r = publish(repo, name, to, version, keep, models_config, dry_run, plain_http, log=print)
+    r = publish(repo, name, to, version, keep, models_config, dry_run, plain_http)
     verb = {"published": "published", "unchanged": "already published (identical content, "
             "nothing written)", "dry-run": "would publish"}[r.action]
     print(f"{verb}: {name} version {r.version} -> {r.target} ({r.files} files, {_mb(r.bytes)}, "
@@ -302,7 +344,7 @@ def publish_command(repo: str = "", name: str = "", to: str = "", version: str =
 
 
 def pull_command(from_: str = "", repo: str = "", name: str = "", version: str = "",
-                 plain_http: bool = False) -> None:
+                 plain_http: bool = False, max_unpacked_bytes: int = 0) -> None:
     """Pull a model published with `publish --to oci://...` into REPO/NAME/VERSION, verified.
 
     Every blob digest, the manifest digest and every file's sha256 are checked; archive entries
@@ -317,8 +359,11 @@ def pull_command(from_: str = "", repo: str = "", name: str = "", version: str =
       version: Version number to install as (default: the one recorded in the artefact). With
         --name, also selects the default tag NAME-VERSION when the reference has no tag.
       plain_http: Use HTTP instead of HTTPS (automatic for localhost/127.0.0.1).
+      max_unpacked_bytes: Stop (and remove everything) once the unpacked files exceed this many
+        bytes. Default 0: what the artefact declares, capped at 8x its compressed layer (at
+        least 64 MiB), so a small, highly compressible layer cannot fill the disk.
     """
-    r = pull(from_, repo, name, version, plain_http)
+    r = pull(from_, repo, name, version, plain_http, max_unpacked_bytes)
     verb = "pulled" if r.action == "pulled" else "already present (identical content)"
     print(f"{verb}: {r.name} version {r.version} -> {r.path} ({r.files} files, {_mb(r.bytes)}, "
           f"manifest {r.digest[:19]}...)")
@@ -339,4 +384,4 @@ def verify_command(path: str = "", plain_http: bool = False) -> None:
 
 
 __all__ = ["publish", "pull", "verify", "publish_command", "pull_command", "verify_command",
-           "PublishResult", "PullResult", "compute_manifest"]
+           "PublishResult", "PullResult"]

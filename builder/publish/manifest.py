@@ -242,28 +242,19 @@ def labelled_versions(models_config: str, name: str) -> dict[str, int]:
     """
     if not models_config:
         return {}
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
+    from builder.config.models_config import labels_of, parse_config_proto
 
     try:
         text = Path(models_config).read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"--models_config {models_config}: cannot read it ({e.strerror or e})") from None
-    cfg = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, cfg)
-    except text_format.ParseError as e:
-        raise ConfigError(f"--models_config {models_config} is not a ModelServerConfig text proto "
-                          f"({e}): pass the models.config TF Serving reads") from None
-    configs = [c for c in cfg.model_config_list.config if c.name == name]
-    if not configs:
+    cfg = parse_config_proto(text, f"--models_config {models_config}", "pass the models.config TF Serving reads")
+    out = labels_of(cfg, name)
+    if out is None:
         names = ", ".join(c.name for c in cfg.model_config_list.config) or "none"
         raise ConfigError(f"--models_config {models_config} has no model named {name!r} (it has: "
                           f"{names}): pass the config that serves this model, so its labels are "
                           f"protected")
-    out: dict[str, int] = {}
-    for c in configs:
-        out.update({k: int(v) for k, v in c.version_labels.items()})
     return out
 
 

@@ -21,7 +21,10 @@ hosts (localhost, 127.0.0.0/8, ::1) or with ``--plain_http``; HTTPS otherwise.
 
 Pulling checks the manifest digest, every blob digest and size, refuses archive entries that are
 absolute, contain ``..``, are links or special files, and checks every file against the
-version's manifest before renaming the staged directory into ``REPO/NAME/VERSION``.
+version's manifest before renaming the staged directory into ``REPO/NAME/VERSION``. Unpacking
+stops as soon as the files exceed what the artefact declares (``io.tfs-builder.total-bytes``)
+or ``--max_unpacked_bytes`` (default: ``UNPACK_RATIO`` times the compressed layer, at least
+``UNPACK_FLOOR``), so a small, highly compressible layer cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -61,6 +64,15 @@ ANN_CONTENT = ANN + "content-digest"
 ANN_TITLE = "org.opencontainers.image.title"
 ANN_UNPACK = "io.deis.oras.content.unpack"
 ANN_TAR_DIGEST = "io.deis.oras.content.digest"
+
+# Unpack limits: a SavedModel's weights barely compress (float noise), so a layer that inflates
+# more than UNPACK_RATIO times is a decompression bomb, not a model; the floor keeps tiny
+# versions (a few KB, mostly zero padding) pullable without a flag.
+UNPACK_RATIO = 8
+UNPACK_FLOOR = 64 << 20
+MAX_MANIFEST_BYTES = 16 << 20  # manifest.json (not in its own total): ~150 bytes per file
+_TAR_OVERHEAD = 64 << 10  # end-of-archive blocks and record padding
+_TAR_ENTRY_OVERHEAD = 4 << 10  # per entry: header, PAX header, padding to 512 bytes
 
 _REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -310,12 +322,27 @@ class Registry:
         return r.headers.get("Docker-Content-Digest", "")
 
     def tags(self) -> list[str]:
-        try:
-            return self.client.get_tags(self.ref.uri())
-        except Exception as e:  # noqa: BLE001
-            if "404" in str(e) or "Not Found" in str(e):
-                return []
-            raise PublishError(f"listing tags of {self.ref.repository} failed ({_short(e)})") from None
+        """Every tag of the repository ([] when it does not exist yet), following the
+        registry's ``Link: <...>; rel="next"`` pagination; decided by status code, not text."""
+        import urllib.parse
+
+        url = f"{self.scheme}://{self.ref.host}/v2/{self.ref.repository}/tags/list"
+        out: list[str] = []
+        while url:
+            r = self.request(url, "GET")
+            if r.status_code == 404:
+                return out
+            if r.status_code != 200:
+                raise PublishError(f"listing tags of {self.ref.repository} failed (HTTP "
+                                   f"{r.status_code}): check the credentials' permissions")
+            try:
+                out += list(r.json().get("tags") or [])
+            except ValueError:
+                raise PublishError(f"registry {self.ref.host}: the tag list of "
+                                   f"{self.ref.repository} is not JSON") from None
+            nxt = r.links.get("next", {}).get("url")
+            url = urllib.parse.urljoin(f"{self.scheme}://{self.ref.host}", nxt) if nxt else ""
+        return out
 
     def delete_tag(self, tag: str) -> None:
         found = self.get_manifest(tag)
@@ -345,13 +372,51 @@ class _HashWriter:
 
 
 class _HashReader:
-    def __init__(self, f: BinaryIO):
+    """Hashes what passes through; with ``limit``, refuses to read past it (the decompressed
+    tar stream of a layer, so even a giant header cannot inflate without bound)."""
+
+    def __init__(self, f: BinaryIO, limit: int | None = None, error: str = ""):
         self.f, self.h = f, hashlib.sha256()
+        self.n, self.limit, self.error = 0, limit, error
 
     def read(self, n: int = -1) -> bytes:
         b = self.f.read(n)
+        self.n += len(b)
+        if self.limit is not None and self.n > self.limit:
+            raise PublishError(self.error)
         self.h.update(b)
         return b
+
+
+@dataclass
+class UnpackLimit:
+    """How many bytes a layer's files may unpack to, and why (for the error message)."""
+
+    files: int
+    why: str
+
+    def error(self, ref: object) -> str:
+        return (f"{ref}: the layer unpacks to more than {self.files:,} bytes ({self.why}): "
+                f"refusing it; nothing was installed")
+
+
+def unpack_limit(declared: object, layer_bytes: int, max_unpacked_bytes: int | None = None
+                 ) -> UnpackLimit:
+    """The artefact's own declaration when it has one (tfs-builder writes it), capped by
+    ``--max_unpacked_bytes`` (default: UNPACK_RATIO x the compressed layer, >= UNPACK_FLOOR)."""
+    if max_unpacked_bytes:
+        cap = UnpackLimit(int(max_unpacked_bytes), "--max_unpacked_bytes")
+    else:
+        cap = UnpackLimit(max(UNPACK_RATIO * int(layer_bytes), UNPACK_FLOOR),
+                          f"the default limit, {UNPACK_RATIO}x the {int(layer_bytes):,}-byte layer; "
+                          "pass --max_unpacked_bytes to allow more")
+    try:
+        total = int(str(declared))
+    except ValueError:
+        return cap
+    if total < 0 or total > cap.files:
+        return cap
+    return UnpackLimit(total, f"what its manifest declares, {ANN + 'total-bytes'}")
 
 
 def write_layer(src: Path, version: int, manifest: Manifest, out: Path) -> str:
@@ -386,39 +451,58 @@ def write_layer(src: Path, version: int, manifest: Manifest, out: Path) -> str:
     return "sha256:" + hw.h.hexdigest()
 
 
-def safe_extract(layer: Path, top: str, dest: Path, tar_digest: str = "") -> None:
-    """Unpack a layer into ``dest`` refusing anything that could write outside it: absolute
-    names, ``..``, links, devices/fifos, duplicates, entries outside ``top/``."""
+def _entry_rel(m: tarfile.TarInfo, top: str, seen: set[str]) -> str:
+    """The path of an archive entry below ``top/``, or PublishError for anything that could
+    write outside the destination: absolute names, ``..``, links, devices/fifos, duplicates."""
+    name = m.name
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or ".." in parts or os.path.isabs(name):
+        raise PublishError(f"archive entry {name!r} is absolute or climbs out with "
+                           f"'..': refusing the artefact")
+    if m.issym() or m.islnk():
+        raise PublishError(f"archive entry {name!r} is a link: refusing the artefact")
+    if not (m.isfile() or m.isdir()):
+        raise PublishError(f"archive entry {name!r} is a device/fifo/special file: refusing the "
+                           f"artefact")
+    parts = [p for p in parts if p not in ("", ".")]
+    if not parts or parts[0] != top:
+        raise PublishError(f"archive entry {name!r} is outside {top}/: refusing the artefact")
+    rel = "/".join(parts[1:])
+    if rel in seen:
+        raise PublishError(f"archive entry {name!r} appears twice: refusing the artefact")
+    seen.add(rel)
+    return rel
+
+
+def safe_extract(layer: Path, top: str, dest: Path, tar_digest: str = "",
+                 limit: UnpackLimit | None = None, ref: object = "the artefact") -> None:
+    """Unpack a layer into ``dest`` refusing anything that could write outside it (see
+    ``_entry_rel``) and, with ``limit``, stopping before the files exceed it: each entry's size
+    is checked before a byte of it is written, and the decompressed stream itself is bounded."""
     seen: set[str] = set()
+    budget = limit.files if limit else None
+    unpacked = 0
     with gzip.open(layer, "rb") as gz:
-        hr = _HashReader(gz)
+        hr = _HashReader(gz, None if budget is None else
+                         budget + MAX_MANIFEST_BYTES + _TAR_OVERHEAD, limit.error(ref) if limit else "")
         try:
             with tarfile.open(fileobj=hr, mode="r|") as tar:
                 for m in tar:
-                    name = m.name
-                    parts = name.split("/")
-                    if name.startswith("/") or "\\" in name or ".." in parts or os.path.isabs(name):
-                        raise PublishError(f"archive entry {name!r} is absolute or climbs out with "
-                                           f"'..': refusing the artefact")
-                    if m.issym() or m.islnk():
-                        raise PublishError(f"archive entry {name!r} is a link: refusing the "
-                                           f"artefact")
-                    if not (m.isfile() or m.isdir()):
-                        raise PublishError(f"archive entry {name!r} is a device/fifo/special "
-                                           f"file: refusing the artefact")
-                    parts = [p for p in parts if p not in ("", ".")]
-                    if not parts or parts[0] != top:
-                        raise PublishError(f"archive entry {name!r} is outside {top}/: refusing "
-                                           f"the artefact")
-                    rel = "/".join(parts[1:])
-                    if rel in seen:
-                        raise PublishError(f"archive entry {name!r} appears twice: refusing the "
-                                           f"artefact")
-                    seen.add(rel)
+                    rel = _entry_rel(m, top, seen)
                     target = dest / rel if rel else dest
+                    if hr.limit is not None:
+                        hr.limit += _TAR_ENTRY_OVERHEAD
                     if m.isdir():
                         target.mkdir(parents=True, exist_ok=True)
                         continue
+                    if rel == MANIFEST_REL:
+                        if m.size > MAX_MANIFEST_BYTES:
+                            raise PublishError(f"{ref}: its {MANIFEST_REL} is {m.size:,} bytes, more "
+                                               f"than any real manifest: refusing it")
+                    else:
+                        unpacked += m.size
+                        if budget is not None and unpacked > budget:
+                            raise PublishError(limit.error(ref))
                     target.parent.mkdir(parents=True, exist_ok=True)
                     fi = tar.extractfile(m)
                     assert fi is not None
@@ -533,8 +617,10 @@ class PulledArtifact:
     digest: str
 
 
-def fetch(ref: OciRef, dest: Path, plain_http: bool = False) -> PulledArtifact:
-    """Download and unpack an artefact into ``dest`` (a fresh staging dir), checking everything."""
+def fetch(ref: OciRef, dest: Path, plain_http: bool = False,
+          max_unpacked_bytes: int | None = None) -> PulledArtifact:
+    """Download and unpack an artefact into ``dest`` (a fresh staging dir), checking everything;
+    unpacking stops at ``unpack_limit`` (the caller removes ``dest`` on any error)."""
     reg = Registry(ref, plain_http)
     found = reg.get_manifest(ref.reference)
     if found is None:
@@ -564,7 +650,8 @@ def fetch(ref: OciRef, dest: Path, plain_http: bool = False) -> PulledArtifact:
         if not layout.is_version_name(top):
             raise PublishError(f"{ref}: the layer title {top!r} is not a version number: "
                                f"refusing it")
-        safe_extract(layer_path, top, dest, lann.get(ANN_TAR_DIGEST, ""))
+        limit = unpack_limit(ann.get(ANN + "total-bytes", ""), layers[0]["size"], max_unpacked_bytes)
+        safe_extract(layer_path, top, dest, lann.get(ANN_TAR_DIGEST, ""), limit, ref)
     mpath = dest / MANIFEST_REL
     if not mpath.is_file():
         raise PublishError(f"{ref} carries no {MANIFEST_REL}: not a tfs-builder model artefact")

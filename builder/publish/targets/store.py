@@ -27,6 +27,7 @@ import errno
 import os
 import secrets
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -224,7 +225,7 @@ class LocalTarget(Target):
                 os.rename(staging, final)
             except OSError as e:
                 if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise _Raced() from None
+                    raise VersionRaced() from None
                 raise
             _fsync_dir(model_dir)
         except BaseException:
@@ -242,8 +243,9 @@ class LocalTarget(Target):
         shutil.rmtree(gone, ignore_errors=True)
 
 
-class _Raced(Exception):
-    """The version directory appeared while we were staging (another publisher)."""
+class VersionRaced(Exception):
+    """The version directory appeared while we were staging it (another publisher won the
+    rename). ``publish`` then compares that version with ours instead of failing."""
 
 
 def _copy_checked(src: Path, dst: Path, sha256: str) -> None:
@@ -329,9 +331,39 @@ class ObjectTarget(Target):
                                f"(AWS_ENDPOINT_URL) and network, then rerun; the published "
                                f"state is unchanged or resumable") from None
 
+    def endpoint(self) -> str | None:
+        """The object store endpoint configured for this target (flags of the fsspec back end,
+        else the standard variables), None for the provider's default endpoint."""
+        ep = getattr(self.fs, "endpoint_url", None) or \
+            (getattr(self.fs, "client_kwargs", None) or {}).get("endpoint_url")
+        scheme = urlparse(self.url).scheme
+        if not ep and scheme in ("s3", "s3a"):
+            ep = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if not ep and scheme in ("gs", "gcs"):
+            ep = os.environ.get("STORAGE_EMULATOR_HOST")
+        return ep or None
+
+    def check_endpoint(self, timeout: float = 5.0) -> None:
+        """A TCP connect to a configured endpoint first: the back ends retry a dead endpoint for
+        many seconds and then report it as a missing bucket, which sends the user the wrong way."""
+        ep = self.endpoint()
+        if not ep:
+            return
+        parsed = urlparse(ep if "://" in ep else f"http://{ep}")
+        host = parsed.hostname or ""
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                pass
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+            raise PublishError(f"{self.url}: cannot reach {ep} ({reason}): check the endpoint "
+                               f"(AWS_ENDPOINT_URL) and that the object store is running") from None
+
     def check_bucket(self) -> None:
         if self._bucket_checked:
             return
+        self.check_endpoint()
         bucket = self.root.split("/", 1)[0]
         try:
             ok = self._call("checking the bucket", self.fs.exists, bucket)

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "run scripts/install_test_servers"
 
 
@@ -360,9 +359,3 @@ def assert_serves_golden(version_dir: Path) -> None:
     fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     out = fn(x=tf.constant(golden["in/x"]))["y"].numpy()
     np.testing.assert_allclose(out, golden["out/y"], rtol=0, atol=1e-6)
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``python -m builder ...`` in a fresh process, as a user's CI runs it."""
-    return subprocess.run([sys.executable, "-m", "builder", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})

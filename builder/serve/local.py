@@ -1,0 +1,390 @@
+"""The local TF-Serving-compatible server (``LocalServer``) and ``python -m builder serve``.
+
+Why it exists: the builder promises that a repository it wrote *serves* with the right answers.
+The real proof is ``tensorflow/serving`` in a container, but many machines (this project's CI
+included) have no Docker engine. ``LocalServer`` speaks the same protocols from the same protos,
+takes ``tensorflow_model_server``'s flags and follows its rules (version directories, version
+policies, labels, warmup records run at load, base path and config polling, error codes), so one
+integration suite runs against either backend with the official client. It does not batch across
+requests: a request runs as it comes, at the batch size the client sent.
+
+This module imports nothing heavy at import time (``python -m builder --help`` imports it).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from builder.config.models_config import ModelEntry, parse_model_server_config, read_model_server_config
+from builder.core.errors import ConfigError, InputError, ServingError
+from builder.serve.client import GRPC_MAX_MESSAGE_BYTES
+from builder.serve.handles import ServerHandle
+from builder.serve.limits import InflightBytes, Limits
+from builder.serve.manager import ModelManager
+from builder.serve.metrics import Metrics
+from builder.serve.service import ServingCore
+
+DEFAULT_REST_MAX_BODY_BYTES = 256 * 1024 * 1024
+
+
+class _LogBuffer(logging.Handler):
+    def __init__(self, echo: bool) -> None:
+        super().__init__()
+        self.lines: collections.deque[str] = collections.deque(maxlen=20000)
+        self.echo = echo
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        self.lines.append(line)
+        if self.echo:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _initial_entries(model_config_file: str, model_name: str,
+                     model_base_path: str | os.PathLike) -> tuple[list[ModelEntry], str]:
+    """The models to serve from --model_config_file, or from --model_name/--model_base_path."""
+    if model_config_file and (model_name or model_base_path):
+        raise InputError("pass either --model_config_file or --model_name/--model_base_path, not both")
+    if model_config_file:
+        entries = read_model_server_config(model_config_file)
+        return entries, Path(model_config_file).read_text(encoding="utf-8")
+    if model_name and model_base_path:
+        base = os.path.abspath(os.fspath(model_base_path))
+        if not os.path.isdir(base):
+            raise InputError(f"--model_base_path {base} is not a directory: pass the model's "
+                             "directory (the one holding numeric version folders)")
+        return [ModelEntry(str(model_name), base)], ""
+    raise InputError("no models to serve: pass --model_config_file models.config, or "
+                     "--model_name NAME --model_base_path /abs/path/NAME")
+
+
+class LocalServer(ServerHandle):
+    """The TF-Serving-compatible server in this process (REST + gRPC threads, poll thread)."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        model_config_file: str | os.PathLike = "",
+        model_name: str = "",
+        model_base_path: str | os.PathLike = "",
+        port: int = 0,
+        rest_api_port: int = 0,
+        host: str = "127.0.0.1",
+        model_config_file_poll_wait_seconds: float = 0,
+        file_system_poll_wait_seconds: float = 1,
+        enable_model_warmup: bool = True,
+        rest_api_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
+        grpc_max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES,
+        monitoring_config_file: str | os.PathLike = "",
+        batching_parameters_file: str | os.PathLike = "",
+        grpc_max_threads: int = 16,
+        echo_log: bool = False,
+        limits: Limits | None = None,
+        enable_signature_method_name_check: bool = False,
+        mixed_precision: str = "",
+    ) -> None:
+        """Flags as ``python -m builder serve`` documents them; ``limits`` (if given) sets every
+        size/time/thread limit at once, else they come from the individual arguments."""
+        super().__init__()
+        self.model_config_file = str(model_config_file or "")
+        self.host = host
+        self._want_ports = (int(port), int(rest_api_port))
+        self.config_poll = float(model_config_file_poll_wait_seconds)
+        self.fs_poll = float(file_system_poll_wait_seconds)
+        self.limits = limits or Limits(rest_max_body_bytes=int(rest_api_max_body_bytes),
+                                       grpc_max_message_bytes=int(grpc_max_message_bytes),
+                                       grpc_max_threads=int(grpc_max_threads))
+        self._log_handler = _LogBuffer(echo_log)
+        self.log = logging.getLogger(f"builder.serve.local.{id(self)}")
+        self.log.propagate = False
+        self.log.setLevel(logging.INFO)
+        self.log.addHandler(self._log_handler)
+        self.metrics_path = self._read_monitoring(monitoring_config_file)
+        self._check_batching(batching_parameters_file)
+        self.expected_entries, self._config_text = _initial_entries(self.model_config_file, model_name,
+                                                                   model_base_path)
+        from builder.optimize import bf16  # bf16 hook (issue 12): TF Serving's --mixed_precision
+
+        self.mixed_precision = str(mixed_precision or "")
+        self.manager = ModelManager(self.log, enable_model_warmup, enable_signature_method_name_check,
+                                    bf16.server_session_config(self.mixed_precision, self.log))
+        self.metrics = Metrics()
+        self.core = ServingCore(self.manager, self.metrics, InflightBytes(self.limits.max_inflight_request_bytes))
+        self._grpc: Any = None
+        self._http: Any = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    def _check_batching(self, batching_parameters_file: str | os.PathLike) -> None:
+        if not batching_parameters_file:
+            return
+        from builder.config.companions import parse_batching_parameters
+
+        try:
+            text = Path(batching_parameters_file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"--batching_parameters_file {batching_parameters_file}: cannot read ({e})") from None
+        parse_batching_parameters(text, str(batching_parameters_file))
+        self.log.info("batching parameters in %s parsed; the local server runs each request "
+                      "at the batch size sent (no cross-request batching)", batching_parameters_file)
+
+    def _read_monitoring(self, path: str | os.PathLike) -> str | None:
+        if not path:
+            return None
+        from builder.config.companions import PROMETHEUS_PATH, parse_monitoring_config
+
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"--monitoring_config_file {path}: cannot read ({e})") from None
+        msg = parse_monitoring_config(text, str(path))
+        if not msg.prometheus_config.enable:
+            return None
+        return msg.prometheus_config.path or PROMETHEUS_PATH
+
+    def start(self) -> LocalServer:
+        self._t_start = time.monotonic()
+        errors = self.manager.apply_config(self.expected_entries)
+        if errors:
+            self.manager.shutdown()
+            if not self._log_handler.echo:
+                self.print_log()
+            raise ServingError("models failed to load at startup: " + "; ".join(errors))
+        self._start_grpc()
+        try:
+            self._start_http()
+        except BaseException:
+            self._grpc.stop(0)
+            raise
+        self.log.info("gRPC listening on %s:%d", self.host, self.grpc_port)
+        self.log.info("REST listening on %s:%d", self.host, self.rest_port)
+        if self.fs_poll > 0 or (self.config_poll > 0 and self.model_config_file):
+            t = threading.Thread(target=self._poll_loop, name="tfs-local-poll", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _start_grpc(self) -> None:
+        from builder.serve.grpc_api import start_grpc_server
+
+        want = self._want_ports[0]
+        try:
+            self._grpc, self.grpc_port = start_grpc_server(self.core, self.reload_config, self.host, want,
+                                                           self.limits.grpc_max_message_bytes,
+                                                           self.limits.grpc_max_threads)
+        except RuntimeError:
+            raise ServingError(f"--port {want}: cannot listen for gRPC on {self.host}:{want} (in use?): "
+                               "pick another port, or 0 for a free one") from None
+
+    def _start_http(self) -> None:
+        from builder.serve.rest import RestServer
+
+        want = self._want_ports[1]
+        server = RestServer(self.core, self.limits, self.metrics_path, self.log)
+        try:
+            self.rest_port = server.start(self.host, want)
+        except OSError as e:
+            server.stop()
+            raise ServingError(f"--rest_api_port {want}: cannot listen on {self.host}:{want} ({e.strerror}): "
+                               "pick another port, or 0 for a free one") from None
+        self._http = server
+
+    def reload_config(self, entries: list[ModelEntry]) -> list[str]:
+        """Apply a new config now (the gRPC HandleReloadConfigRequest path)."""
+        self.log.info("Reloading config: %s", ", ".join(e.name for e in entries))
+        return self.manager.apply_config(entries, strict=True)
+
+    def _poll_loop(self) -> None:
+        next_fs = time.monotonic() + self.fs_poll if self.fs_poll > 0 else math.inf
+        next_cfg = time.monotonic() + self.config_poll if self.config_poll > 0 and self.model_config_file else math.inf
+        while not self._stop.is_set():
+            now = time.monotonic()
+            wake = min(next_fs, next_cfg)
+            if wake > now:
+                self._stop.wait(min(wake - now, 0.5))
+                continue
+            try:
+                if now >= next_cfg:
+                    next_cfg = now + self.config_poll
+                    self._poll_config()
+                if now >= next_fs:
+                    next_fs = now + self.fs_poll
+                    self.manager.poll()
+            except Exception:  # noqa: BLE001 - the poller must survive anything a disk does
+                self.log.exception("poll failed")
+
+    def _poll_config(self) -> None:
+        try:
+            text = Path(self.model_config_file).read_text(encoding="utf-8")
+        except OSError as e:
+            self.log.error("cannot read %s (%s): keeping the current config", self.model_config_file, e)
+            return
+        if text == self._config_text:
+            return
+        try:
+            entries = parse_model_server_config(text, self.model_config_file)
+        except ConfigError as e:
+            self.log.error("%s: keeping the current config", e)
+            return
+        self._config_text = text
+        self.expected_entries = entries
+        self.log.info("config file %s changed: applying it", self.model_config_file)
+        for err in self.manager.apply_config(entries):
+            self.log.error("%s", err)
+
+    def log_text(self) -> str:
+        return "\n".join(self._log_handler.lines) + "\n"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+        if self._grpc is not None:
+            self._grpc.stop(grace=1).wait(5)
+            self._grpc = None
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+        self.manager.shutdown()
+
+
+def serve_command(
+    port: int = 8500,
+    rest_api_port: int = 8501,
+    model_config_file: str = "",
+    model_name: str = "",
+    model_base_path: str = "",
+    model_config_file_poll_wait_seconds: float = 0,
+    file_system_poll_wait_seconds: float = 1,
+    enable_model_warmup: bool = True,
+    rest_api_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
+    max_inflight_request_bytes: int = Limits.max_inflight_request_bytes,
+    grpc_max_message_bytes: int = GRPC_MAX_MESSAGE_BYTES,
+    rest_api_idle_timeout_seconds: float = Limits.rest_idle_timeout_seconds,
+    rest_api_read_timeout_seconds: float = Limits.rest_read_timeout_seconds,
+    rest_api_num_threads: int = Limits.rest_api_num_threads,
+    grpc_max_threads: int = Limits.grpc_max_threads,
+    enable_signature_method_name_check: bool = False,
+    monitoring_config_file: str = "",
+    batching_parameters_file: str = "",
+    enable_batching: bool = False,
+    host: str = "127.0.0.1",
+    mixed_precision: str = "",
+) -> None:
+    """Serve a model repository locally, speaking TF Serving's REST and gRPC APIs.
+
+    For machines without Docker: same flags and protocols as tensorflow_model_server (Predict,
+    Classify, Regress, MultiInference, metadata, status, config reload), so clients and tests
+    written for TF Serving run unchanged. Runs until Ctrl-C or SIGTERM.
+
+    Args:
+        port: gRPC port (PredictionService, ModelService); 0 picks a free port. The chosen
+            port is printed as "gRPC listening on HOST PORT" (host and port joined by a colon).
+        rest_api_port: REST port for /v1/models/...; 0 picks a free port, printed as "REST
+            listening on ..." in the same way.
+        model_config_file: models.config (ModelServerConfig text proto) listing the models,
+            their base paths, version policies and labels. Base paths must be absolute.
+        model_name: serve one model under this name (instead of --model_config_file).
+        model_base_path: that model's directory holding version folders (any name that parses
+            as an integer, e.g. 3 or 00000123).
+        model_config_file_poll_wait_seconds: re-read --model_config_file this often (0 means
+            read once). A config that fails to parse is ignored and the old one kept.
+        file_system_poll_wait_seconds: re-scan base paths for added or removed versions this
+            often (0 means scan once at startup).
+        enable_model_warmup: run each version's assets.extra/tf_serving_warmup_requests
+            (predict, classify, regress and multi_inference records) at load; a bad record
+            fails that version's load, as in TF Serving.
+        rest_api_max_body_bytes: REST bodies larger than this get RESOURCE_EXHAUSTED (HTTP
+            429) without being parsed (chunked bodies: as soon as they pass it).
+        max_inflight_request_bytes: total bytes of REST and gRPC requests being read or run at
+            once; past it new requests get RESOURCE_EXHAUSTED (429) at once (a request is always
+            admitted when nothing else is in flight).
+        grpc_max_message_bytes: largest gRPC message accepted or sent (TF Serving: 2^31-1).
+        rest_api_idle_timeout_seconds: close a REST connection idle (no complete request) this
+            long.
+        rest_api_read_timeout_seconds: answer 408 and close when a request body stalls this
+            long between reads.
+        rest_api_num_threads: threads that parse, run and encode REST requests.
+        grpc_max_threads: threads that serve gRPC requests.
+        enable_signature_method_name_check: Classify/Regress accept only signatures whose
+            method_name is classify/regress (TF Serving's flag; off by default there too).
+        monitoring_config_file: MonitoringConfig text proto; with prometheus_config.enable the
+            REST port also serves request metrics at prometheus_config.path.
+        batching_parameters_file: BatchingParameters text proto; parsed and checked as TF
+            Serving would, but the local server does not batch across requests.
+        enable_batching: accepted for flag compatibility with tensorflow_model_server.
+        host: address to bind; 127.0.0.1 by default (0.0.0.0 listens on all interfaces).
+        mixed_precision: bfloat16 turns on oneDNN's bf16 rewrite
+            (auto_mixed_precision_onednn_bfloat16) for every model, as tensorflow_model_server
+            --mixed_precision=bfloat16 does; what a bf16 serving-profile export wants.
+    """
+    _run_until_signalled(_server_from_flags(dict(locals())))
+
+
+def _server_from_flags(f: dict[str, Any]) -> LocalServer:
+    """serve_command's flags, checked (one-line InputError naming the flag), -> a LocalServer."""
+    from builder.options import as_bool, as_float, as_int
+
+    limits = Limits(
+        rest_max_body_bytes=as_int(f["rest_api_max_body_bytes"], "--rest_api_max_body_bytes", minimum=1),
+        max_inflight_request_bytes=as_int(f["max_inflight_request_bytes"], "--max_inflight_request_bytes",
+                                          minimum=1),
+        grpc_max_message_bytes=as_int(f["grpc_max_message_bytes"], "--grpc_max_message_bytes", minimum=1,
+                                      maximum=GRPC_MAX_MESSAGE_BYTES),
+        rest_idle_timeout_seconds=as_float(f["rest_api_idle_timeout_seconds"], "--rest_api_idle_timeout_seconds",
+                                           positive=True),
+        rest_read_timeout_seconds=as_float(f["rest_api_read_timeout_seconds"], "--rest_api_read_timeout_seconds",
+                                           positive=True),
+        rest_api_num_threads=as_int(f["rest_api_num_threads"], "--rest_api_num_threads", minimum=1),
+        grpc_max_threads=as_int(f["grpc_max_threads"], "--grpc_max_threads", minimum=1),
+    )
+    return LocalServer(
+        model_config_file=f["model_config_file"],
+        model_name=f["model_name"],
+        model_base_path=f["model_base_path"],
+        port=as_int(f["port"], "--port", minimum=0, maximum=65535),
+        rest_api_port=as_int(f["rest_api_port"], "--rest_api_port", minimum=0, maximum=65535),
+        host=str(f["host"]),
+        model_config_file_poll_wait_seconds=as_float(f["model_config_file_poll_wait_seconds"],
+                                                     "--model_config_file_poll_wait_seconds"),
+        file_system_poll_wait_seconds=as_float(f["file_system_poll_wait_seconds"], "--file_system_poll_wait_seconds"),
+        enable_model_warmup=as_bool(f["enable_model_warmup"], "--enable_model_warmup"),
+        monitoring_config_file=f["monitoring_config_file"],
+        batching_parameters_file=f["batching_parameters_file"],
+        echo_log=True,
+        limits=limits,
+        enable_signature_method_name_check=as_bool(f["enable_signature_method_name_check"],
+                                                   "--enable_signature_method_name_check"),
+        mixed_precision=str(f.get("mixed_precision") or ""),  # bf16 hook (issue 12)
+    )
+
+
+def _run_until_signalled(server: LocalServer) -> None:
+    """Start, print the bound ports (ProcessServer and scripts parse these lines), and serve
+    until SIGTERM or Ctrl-C; then stop cleanly and exit 0."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    server.start()
+    try:
+        print(f"gRPC listening on {server.host}:{server.grpc_port}", flush=True)
+        print(f"REST listening on {server.host}:{server.rest_port}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("shutting down", flush=True)
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
