@@ -40,8 +40,6 @@ MIXED_PRECISION = "bfloat16"  # the value TF Serving's --mixed_precision accepts
 X86_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo "flags"
 ARM_FLAGS = ("bf16",)  # /proc/cpuinfo "Features" (Armv8.6 BF16: Graviton 3/4, Neoverse V1/V2)
 NEEDS = "bf16 CPU"  # what build_info and inspect say a baked artefact needs
-NEEDS_DETAIL = ("a CPU with AVX512-BF16 or AMX-BF16 (x86) or BF16 (Arm) and a TensorFlow Serving "
-                "with oneDNN on")
 PROFILE = {"mixed_precision": MIXED_PRECISION}
 
 # Measured numbers quoted in refusals (docs/benchmarks/bf16_cpu.md has the full table).
