@@ -118,11 +118,15 @@ def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
 def make_server(kind: str, repo: Repo, extra_flags: tuple[str, ...] = (),
                 file_system_poll_wait_seconds: float = 1) -> ServerHandle:
-    """A not-yet-started handle for ``kind``, or pytest.skip with the reason it cannot run."""
+    """A not-yet-started handle for ``kind``, or pytest.skip with the reason it cannot run.
+    Every backend gets --allow_version_labels_for_unavailable_models, as the project's serving
+    image does: the repository's first config holds labels, which TF Serving checks before
+    any model loads."""
     if kind == "local":
         return ProcessServer(repo.config, extra_flags=(
             "--batching_parameters_file", str(repo.batching),
-            "--monitoring_config_file", str(repo.monitoring), *extra_flags),
+            "--monitoring_config_file", str(repo.monitoring),
+            "--allow_version_labels_for_unavailable_models", "true", *extra_flags),
             file_system_poll_wait_seconds=file_system_poll_wait_seconds)
     reason = docker_unavailable_reason()
     if reason:
@@ -133,7 +137,8 @@ def make_server(kind: str, repo: Repo, extra_flags: tuple[str, ...] = (),
     return ContainerServer(repo.root, repo.config, image=GPU_IMAGE if gpu else CPU_IMAGE, gpu=gpu,
                            batching_parameters_file=repo.batching,
                            monitoring_config_file=repo.monitoring,
-                           file_system_poll_wait_seconds=file_system_poll_wait_seconds)
+                           file_system_poll_wait_seconds=file_system_poll_wait_seconds,
+                           allow_version_labels_for_unavailable_models=True)
 
 
 def started(handle: ServerHandle):

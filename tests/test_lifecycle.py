@@ -9,6 +9,7 @@ import pytest
 
 from builder.config import lifecycle
 from builder.config.lifecycle import ServerFlags, VersionPolicy
+from builder.core import layout
 
 LATEST = VersionPolicy()
 
@@ -36,14 +37,21 @@ def _config(entries: list[dict]):
 
 
 def test_version_names_parse_as_safe_strto64():
-    """file_system_storage_path_source.cc ParseVersionNumber -> strings::safe_strto64."""
-    assert lifecycle.parse_version_name("1") == 1
-    assert lifecycle.parse_version_name("00000123") == 123  # TF Serving's own testdata name
-    assert lifecycle.parse_version_name(" 7 ") == 7  # surrounding whitespace is skipped
-    assert lifecycle.parse_version_name("-3") == -3
-    for bad in ("", "v1", "1.0", "+1", ".staging-1", "9223372036854775808", "１"):
-        assert lifecycle.parse_version_name(bad) is None, bad
-    assert lifecycle.parse_version_name("9223372036854775807") == 2**63 - 1
+    """file_system_storage_path_source.cc ParseVersionNumber -> strings::safe_strto64 at 2.17.0;
+    lifecycle uses layout's one rule (non-negative), and warns about the negative names TF
+    Serving would load."""
+    assert not hasattr(lifecycle, "parse_version_name")  # one rule: builder.core.layout's
+    assert layout.tf_serving_version_number("-3") == -3  # what TF Serving 2.17 reads
+    assert layout.tf_serving_version_number(" 7 ") == 7
+    assert layout.tf_serving_version_number("+1") is None  # safe_strto64 takes no '+'
+    assert layout.parse_version_name("-3") is None  # ... which the builder ignores
+
+
+def test_negative_version_names_are_ignored_with_a_warning(tmp_path):
+    base = _dirs(tmp_path / "m", "-1", "2", "+3", " 4")
+    disc = lifecycle.discover_versions(base, LATEST, "m")
+    assert [(d.version, d.name) for d in disc.candidates] == [(2, "2"), (4, " 4")]
+    assert len(disc.warnings) == 1 and "loads this directory as version -1" in disc.warnings[0]
 
 
 def test_duplicate_1_and_01_one_is_ignored_with_tf_servings_warning(tmp_path):

@@ -88,8 +88,12 @@ def still_answers(rest: RestClient) -> None:
 
 
 def test_version_names_follow_tf_serving_int64_rule(tmp_path):
-    assert [layout.parse_version_name(n) for n in ("123", "00000123", "+7", " 5 ", "0")] == [123, 123, 7, 5, 0]
-    for name in ("-1", "1.0", "", "12a", ".staging-1", "9223372036854775808", "٣"):
+    names = ("123", "00000123", " 5 ", "\t6\n", "0", "-0")
+    assert [layout.parse_version_name(n) for n in names] == [123, 123, 5, 6, 0, 0]
+    assert layout.parse_version_name("9223372036854775807") == 2**63 - 1
+    # "+7": 2.17's safe_strto64 takes no sign ('+' parses only from 2.19's absl::SimpleAtoi);
+    # "-1": TF Serving loads a negative version, the builder ignores it (layout docstring)
+    for name in ("+7", "-1", "1.0", "", "12a", ".staging-1", "9223372036854775808", "٣", "１"):
         assert layout.parse_version_name(name) is None, name
     for name in ("00000123", "7", "007", "99999999999999999999", "tmp"):
         (tmp_path / name).mkdir()
@@ -322,7 +326,7 @@ def test_warmup_replays_classify_regress_multi_inference_and_predict(server, tmp
     cfg = write_models_config(repo / "models.config", [{"name": "census", "base_path": repo / "census"}])
     with pytest.raises(ServingError, match="warmup failed for census version 1: Expected classification signature "
                                            "outputs to contain at least one of"):
-        LocalServer(cfg).start()
+        LocalServer(cfg, max_num_load_retries=0).start()
     shutil.rmtree(extra)
     with LocalServer(cfg, file_system_poll_wait_seconds=0) as s:  # the same model without it serves
         s.wait_until_ready(60)

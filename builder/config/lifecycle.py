@@ -1,19 +1,19 @@
 """TF Serving's model life-cycle rules as pure functions over real files.
 
-How builder/serve should use it (the local server adopts these after its split lands): read the
-flags into ``ServerFlags`` (defaults are ``tensorflow_model_server``'s). On start-up call
-``startup_plan(config, flags, load_errors=...)`` - or, while loading for real, apply the same
-order: ``validate_config`` first, then ``check_labels`` with nothing available (labels are
-checked *before* any model is added), then load ``aspired(policy, discover_versions(...))`` of
-every model and wait for each model's latest aspired version; any failure exits. On every file
-system poll use ``discover_versions``/``aspired`` (duplicate ``1``/``01`` names, files that parse
-as versions, the fast path of the ``specific`` policy), decide loads/unloads with
-``next_action`` (availability preserving: the old version serves until the new one is
-AVAILABLE), retry failed loads on ``load_attempt_offsets(flags)`` and never again while the
-failed directory stays on disk. Before a version turns AVAILABLE, ``check_warmup`` must be empty.
-On a config reload, ``check_labels(..., previous_labels=current)`` decides whether the whole new
-config is refused. ``poll_mode`` tells whether the base paths / config file are read once,
-periodically or never.
+Used by ``preflight`` (simulating the real server) and by the local server
+(``builder/serve/manager.py``, ``builder/serve/local.py``), in this order: read the flags into
+``ServerFlags`` (defaults are ``tensorflow_model_server``'s); on every config ``validate_config``,
+then ``check_labels`` against the versions AVAILABLE at that moment (nothing at start-up: labels
+are checked *before* any model is added; ``previous_labels`` on a reload), and a refusal rejects
+the whole config. On every file system poll ``discover_versions``/``aspired`` (duplicate
+``1``/``01`` names, files that parse as versions, the fast path of the ``specific`` policy; the
+version-name rule is ``builder.core.layout.parse_version_name`` and the policy evaluation
+``models_config.served_versions``, one definition each); loads and unloads by ``next_action``
+(availability preserving: the old version serves until the new one is AVAILABLE); failed loads
+retried on ``load_attempt_offsets(flags)`` and never again while the failed directory stays on
+disk. Before a version turns AVAILABLE, ``check_warmup`` must be empty. Start-up waits for the
+latest aspired version of every model (``startup_plan``). ``poll_mode`` / ``config_poll_mode``
+tell whether the base paths / config file are read once, periodically or never.
 
 Every rule names the TF Serving 2.17.0 source it copies (tensorflow_serving/...).
 """
@@ -21,11 +21,13 @@ Every rule names the TF Serving 2.17.0 source it copies (tensorflow_serving/...)
 from __future__ import annotations
 
 import os
-import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from builder.config.models_config import served_versions
+from builder.core import layout
 
 # model_servers/server.h (Server::Options) and main.cc flag definitions, tag 2.17.0.
 DEFAULT_MAX_NUM_LOAD_RETRIES = 5
@@ -35,8 +37,6 @@ DEFAULT_MODEL_CONFIG_FILE_POLL_WAIT_SECONDS = 0
 # servables/tensorflow/saved_model_warmup_util.h: WarmupConsts::kMaxNumRecords.
 MAX_WARMUP_RECORDS = 1000
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-
-_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -72,18 +72,6 @@ class ServerFlags:
 # --------------------------------------------------------------------------- version directories
 
 
-def parse_version_name(name: str) -> int | None:
-    """The version a base-path child stands for, as ``strings::safe_strto64`` parses it
-    (sources/storage_path/file_system_storage_path_source.cc ``ParseVersionNumber``): optional
-    surrounding whitespace, an optional ``-``, digits, int64 range. None: not a version."""
-    s = name.strip(string.whitespace)
-    body = s[1:] if s.startswith("-") else s
-    if not body or not body.isascii() or not body.isdigit():
-        return None
-    value = -int(body) if s.startswith("-") else int(body)
-    return value if -_INT64_MAX <= value <= _INT64_MAX else None
-
-
 @dataclass(frozen=True)
 class VersionDir:
     """One child of a base path that TF Serving treats as a version (directory or not: the
@@ -113,6 +101,11 @@ class VersionPolicy:
             return cls("specific", versions=tuple(int(v) for v in pol.specific.versions))
         n = pol.latest.num_versions if which == "latest" else 1
         return cls("latest", num_versions=int(n))
+
+    @classmethod
+    def from_entry(cls, entry: Any) -> VersionPolicy:
+        """From a ``models_config.ModelEntry`` (what the local server holds)."""
+        return cls(entry.policy, int(entry.num_versions), tuple(entry.versions))
 
 
 @dataclass
@@ -149,20 +142,22 @@ def discover_versions(base_path: str | os.PathLike, policy: VersionPolicy | None
             (base / str(v)).exists() for v in policy.versions):
         out.candidates = [VersionDir(v, str(v), base / str(v)) for v in sorted(set(policy.versions))]
         return out
-    children = sorted({c.name for c in base.iterdir()}, key=lambda s: s.encode())
-    parsed = [(parse_version_name(c), c) for c in children]
-    parsed = [(v, c) for v, c in parsed if v is not None]
-    if policy.kind == "all":
-        out.candidates = [VersionDir(v, c, base / c) for v, c in parsed]
-    else:
-        by_version: dict[int, str] = {}
-        for v, c in parsed:
-            if v in by_version:
-                out.warnings.append(f"Duplicate version directories detected. Version {v} will be "
-                                    f"loaded from {c}, {by_version[v]} will be ignored.")
-                out.ignored.append(VersionDir(v, by_version[v], base / by_version[v]))
-            by_version[v] = c
-        out.candidates = [VersionDir(v, c, base / c) for v, c in sorted(by_version.items())]
+    try:
+        children = sorted({c.name for c in base.iterdir()}, key=lambda s: s.encode())
+    except OSError as e:  # not a directory, or unreadable: GetChildren fails the poll
+        out.error = f"Could not list base path {base} for servable {name}: {e.strerror or e}"
+        return out
+    out.warnings += [w for c in children if (w := layout.negative_version_warning(base, c))]
+    if policy.kind == "all":  # AspireAllVersions: every child that parses, duplicates included
+        out.candidates = [VersionDir(v, c, base / c) for c in children
+                          if (v := layout.parse_version_name(c)) is not None]
+        return out
+    by_version, duplicates = layout.index_by_version(children)
+    for v, kept, ignored in duplicates:
+        out.warnings.append(f"Duplicate version directories detected. Version {v} will be loaded "
+                            f"from {kept}, {ignored} will be ignored.")
+        out.ignored.append(VersionDir(v, ignored, base / ignored))
+    out.candidates = [VersionDir(v, c, base / c) for v, c in sorted(by_version.items())]
     return out
 
 
@@ -175,21 +170,17 @@ def aspired(policy: VersionPolicy, discovery: Discovery, model: str = "") -> tup
     name = model or discovery.base_path.name
     if discovery.error:
         return [], []
+    if policy.kind == "specific" and not policy.versions:
+        return [], [f"No specific versions requested for servable {name}."]
     warnings: list[str] = []
     cands = discovery.candidates
-    if policy.kind == "all":
-        chosen = list(cands)
-    elif policy.kind == "specific":
-        if not policy.versions:
-            return [], [f"No specific versions requested for servable {name}."]
-        want = set(policy.versions)
-        chosen = [c for c in cands if c.version in want]
-        found = {c.version for c in chosen}
+    keep = set(served_versions(policy.kind, [c.version for c in cands], policy.num_versions,
+                               policy.versions))
+    chosen = [c for c in cands if c.version in keep]
+    if policy.kind == "specific":
         warnings += [f"Version {v} of servable {name}, which was requested to be served as a "
                      "'specific' version in the servable's version policy, was not found in the "
-                     "file system" for v in sorted(want - found)]
-    else:
-        chosen = sorted(cands, key=lambda c: c.version)[-max(policy.num_versions, 1):] if cands else []
+                     "file system" for v in sorted(set(policy.versions) - keep)]
     if not chosen:
         warnings.append(f"No versions of servable {name} found under base path "
                         f"{discovery.base_path}. Did you forget to name your leaf directory as a "
@@ -422,10 +413,14 @@ class StartupPlan:
 
 
 def validate_config(config: Any) -> list[str]:
-    """``ValidateModelConfigList`` (server_core.cc): unique names, absolute base paths."""
+    """``ValidateModelConfigList`` (server_core.cc): unique names, absolute base paths.
+
+    ``config`` is a ``ModelServerConfig`` or a list of ``models_config.ModelEntry`` (what the
+    local server applies); both have ``name`` and ``base_path`` per model."""
+    models = config.model_config_list.config if hasattr(config, "model_config_list") else config
     seen: set[str] = set()
     errors = []
-    for c in config.model_config_list.config:
+    for c in models:
         if c.name in seen:
             errors.append(f"Illegal to list model {c.name} multiple times in config list")
         seen.add(c.name)

@@ -50,6 +50,17 @@ class ServingError(BuilderError):
     """A serving check failed: the server did not come up, or answered wrongly."""
 
 
+class ServerStartError(ServingError):
+    """``python -m builder serve`` could not start, for a reason ``tensorflow_model_server`` would
+    not start either (a label refused before any model loads, the latest version of a model
+    failing every load attempt). The message is TF Serving's ("Failed to start server. Error:
+    ..."). Exit 1 like a server process that dies at start-up (TF Serving exits non-zero too):
+    supervisors and CI steps key on the process failing, and the fix is in the model or config
+    the message names, not in the command line."""
+
+    exit_code = 1
+
+
 class OutputError(BuilderError):
     """The model repository cannot be written (a path under a file, read-only, disk full)."""
 

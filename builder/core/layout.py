@@ -20,23 +20,69 @@ from builder.core.errors import InputError, VersionError
 
 STAGING_PREFIX = ".staging-"
 
-_VERSION_RE = re.compile(r"^[ \t\n\v\f\r]*\+?([0-9]+)[ \t\n\v\f\r]*\Z")
-_INT64_MAX = 2**63 - 1
+# strings::safe_strto64 (TF Serving 2.11-2.17's ParseVersionNumber): C-locale isspace around an
+# optional '-' and ASCII digits. No '+': that arrived with absl::SimpleAtoi in 2.19.
+_STRTO64_RE = re.compile(r"^[ \t\n\v\f\r]*(-?[0-9]+)[ \t\n\v\f\r]*\Z")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def parse_version_name(name: str) -> int | None:
-    """The version a directory name stands for, or None when TF Serving would ignore it.
+def tf_serving_version_number(name: str) -> int | None:
+    """The int64 TF Serving 2.17 reads from a base-path child, negative numbers included.
 
-    TF Serving (``file_system_storage_path_source.cc``) parses each child of a base path with
-    ``absl::SimpleAtoi`` into an int64: ``00000123`` is version 123 (its own testdata uses that
-    name), ``+7`` is 7, surrounding ASCII whitespace is allowed, anything else is not a version.
-    Negative numbers also parse there but name no exportable version, so they are ignored here.
+    ``file_system_storage_path_source.cc`` ``ParseVersionNumber`` at tag 2.17.0 is
+    ``strings::safe_strto64``: surrounding whitespace is skipped (`` 1`` is 1), one leading ``-``
+    is allowed (``-1`` is version -1, which the server loads like any other), ``+`` is not, and
+    the value must fit an int64. Only ``parse_version_name`` decides what is a version here; this
+    is the raw reading, so callers can warn about names the two rules treat differently.
     """
-    m = _VERSION_RE.match(name)
+    m = _STRTO64_RE.match(name)
     if m is None:
         return None
     value = int(m.group(1))
-    return value if value <= _INT64_MAX else None
+    return value if _INT64_MIN <= value <= _INT64_MAX else None
+
+
+def parse_version_name(name: str) -> int | None:
+    """The version a base-path child stands for, or None when it is not a version: THE rule for
+    every command, the local server and preflight (one definition, no second parser).
+
+    A non-negative int64 as TF Serving 2.17 parses it (``tf_serving_version_number``):
+    ``00000123`` is version 123 (TF Serving's own testdata uses that name), `` 5 `` is 5, ``+7``
+    is not a version. Negative names (``-1``) are the one deliberate difference: TF Serving
+    loads them as negative versions, but REST cannot address them (``/versions/(\\d+)`` in
+    http_rest_api_util.cc), they never win ``latest`` over a non-negative version, and no
+    builder command writes one; readers ignore them and the local server warns (see
+    ``negative_version_warning``).
+    """
+    value = tf_serving_version_number(name)
+    return value if value is not None and value >= 0 else None
+
+
+def negative_version_warning(base_path: str | os.PathLike, name: str) -> str | None:
+    """The warning for a child TF Serving would load as a negative version (None otherwise)."""
+    value = tf_serving_version_number(name)
+    if value is None or value >= 0:
+        return None
+    return (f"{Path(base_path) / name}: TF Serving 2.17 loads this directory as version {value}; "
+            "the builder ignores negative versions (REST cannot address them): rename it to a "
+            "non-negative number or remove it")
+
+
+def index_by_version(names: list[str]) -> tuple[dict[int, str], list[tuple[int, str, str]]]:
+    """Children names -> {version: the name it is loaded from}, plus (version, kept, ignored) for
+    each duplicate. TF Serving's ``IndexChildrenByVersion``: children are visited in byte order
+    (a ``std::set``) and a later name for the same version replaces the earlier one, so for
+    ``01`` and ``1`` the name ``1`` wins."""
+    by_version: dict[int, str] = {}
+    duplicates: list[tuple[int, str, str]] = []
+    for name in sorted(names, key=lambda n: n.encode()):
+        v = parse_version_name(name)
+        if v is None:
+            continue
+        if v in by_version:
+            duplicates.append((v, name, by_version[v]))
+        by_version[v] = name
+    return by_version, duplicates
 
 
 # A model name is a directory under the repository, the TF Serving model name (REST path
@@ -64,35 +110,30 @@ def version_paths(model_dir: str | os.PathLike, warn: Callable[[str], None] | No
 
     Why a mapping and not ``base/str(v)``: the directory keeps its own name (``00000123`` is
     loaded from ``00000123``). Two names for one version (``1`` and ``01``) are a user mistake
-    TF Serving resolves with a warning, the later child winning; children are taken in byte
-    order (as ``config/lifecycle.discover_versions`` models it), so ``1`` wins over ``01`` and
-    every command picks the same one. Entries that vanish while listed (a version being
+    TF Serving resolves with a warning, the later child in byte order winning
+    (``index_by_version``), so every command picks the same one. Only directories count here
+    (the builder's own readers); the local server lists files too, as TF Serving does
+    (``config/lifecycle.discover_versions``). Entries that vanish while listed (a version being
     deleted) are skipped.
     """
     p = Path(model_dir)
     try:
-        children = sorted(p.iterdir())
+        children = list(p.iterdir())
     except OSError:
         return {}
-    found: dict[int, list[Path]] = {}
+    dirs = []
     for c in children:
-        v = parse_version_name(c.name)
-        if v is None:
-            continue
         try:
-            if c.is_dir():
-                found.setdefault(v, []).append(c)
+            if parse_version_name(c.name) is not None and c.is_dir():
+                dirs.append(c.name)
         except OSError:
             continue
-    out = {}
-    for v, paths in sorted(found.items()):
-        chosen = max(paths, key=lambda c: c.name.encode())
-        if len(paths) > 1 and warn is not None:
-            ignored = ", ".join(c.name for c in paths if c is not chosen)
+    by_version, duplicates = index_by_version(dirs)
+    if warn is not None:
+        for v, kept, ignored in duplicates:
             warn(f"Duplicate version directories detected. Version {v} will be loaded from "
-                 f"{chosen}, {ignored} will be ignored.")
-        out[v] = chosen
-    return out
+                 f"{p / kept}, {ignored} will be ignored.")
+    return {v: p / name for v, name in sorted(by_version.items())}
 
 
 def list_versions(model_dir: str | os.PathLike) -> list[int]:

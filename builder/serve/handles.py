@@ -65,24 +65,30 @@ class ServerHandle:
 
     def wait_until_ready(self, deadline: float = 60.0) -> float:
         """Block until every version the config + disk call for is AVAILABLE; returns seconds
-        since start(). A version that ends in error, or the deadline, raises ServingError."""
+        since start(). A version that ends in error, or the deadline, raises ServingError. A
+        model with no version on disk yet is waited for (TF Serving's start-up waits too) and
+        named if the deadline passes first."""
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc
 
         end = time.monotonic() + deadline
         pending = self.expected_versions()
-        missing_models = [n for n, vs in pending.items() if not vs]
-        if missing_models:
-            self._fail(f"no servable versions on disk for model(s) {', '.join(missing_models)}: "
-                       "export a version first")
         last = ""
         with grpc.insecure_channel(self.grpc_target) as channel:
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
             while pending:
                 self._check_alive()
                 for name in list(pending):
+                    if not pending[name]:  # no version on disk yet: look again
+                        pending[name] = self.expected_versions().get(name, [])
+                        if not pending[name]:
+                            continue
                     last = self._poll_model(stub, name, pending) or last
                 if pending and time.monotonic() > end:
+                    missing = [n for n, vs in pending.items() if not vs]
+                    if missing:
+                        self._fail(f"no servable versions on disk for model(s) {', '.join(missing)} after "
+                                   f"{deadline:.0f} s (the server waits for them): export a version first")
                     self._fail(f"not every version AVAILABLE after {deadline:.0f} s ({last})")
                 if pending:
                     time.sleep(0.1)
@@ -256,7 +262,8 @@ class ContainerServer(ServerHandle):
                  monitoring_config_file: str | os.PathLike = "",
                  file_system_poll_wait_seconds: float = 1,
                  model_config_file_poll_wait_seconds: float = 0,
-                 enable_model_warmup: bool = True) -> None:
+                 enable_model_warmup: bool = True,
+                 allow_version_labels_for_unavailable_models: bool = False) -> None:
         super().__init__()
         self.repo = Path(repo).resolve()
         self.image, self.gpu = image, gpu
@@ -280,6 +287,8 @@ class ContainerServer(ServerHandle):
             f"--model_config_file_poll_wait_seconds={int(model_config_file_poll_wait_seconds)}",
             f"--enable_model_warmup={'true' if enable_model_warmup else 'false'}",
         ]
+        if allow_version_labels_for_unavailable_models:
+            self.flags.append("--allow_version_labels_for_unavailable_models=true")
         for flag, src, dst in (("--batching_parameters_file", batching_parameters_file, "batching_parameters.txt"),
                                ("--monitoring_config_file", monitoring_config_file, "monitoring.config")):
             if src:

@@ -5,8 +5,12 @@ The real proof is ``tensorflow/serving`` in a container, but many machines (this
 included) have no Docker engine. ``LocalServer`` speaks the same protocols from the same protos,
 takes ``tensorflow_model_server``'s flags and follows its rules (version directories, version
 policies, labels, warmup records run at load, base path and config polling, error codes), so one
-integration suite runs against either backend with the official client. It does not batch across
-requests: a request runs as it comes, at the batch size the client sent.
+integration suite runs against either backend with the official client. Its life-cycle is TF
+Serving 2.17's (``builder/config/lifecycle.py``, applied by ``manager.ModelManager``): labels are
+checked before models are added, a failed new version leaves the old one serving, failed loads
+are retried on --max_num_load_retries / --load_retry_interval_micros, and start-up waits for the
+latest version of every model and fails (exit 1, TF Serving's message) when one cannot load.
+It does not batch across requests: a request runs as it comes, at the batch size the client sent.
 
 This module imports nothing heavy at import time (``python -m builder --help`` imports it).
 """
@@ -24,14 +28,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from builder.config import lifecycle
 from builder.config.models_config import ModelEntry, parse_model_server_config, read_model_server_config
-from builder.core.errors import ConfigError, InputError, ServingError
+from builder.core.errors import ConfigError, InputError, ServerStartError, ServingError
 from builder.serve.client import GRPC_MAX_MESSAGE_BYTES
 from builder.serve.handles import ServerHandle
 from builder.serve.limits import InflightBytes, Limits
 from builder.serve.manager import ModelManager
 from builder.serve.metrics import Metrics
 from builder.serve.service import ServingCore
+from builder.serve.status import RpcStatus
 
 DEFAULT_REST_MAX_BODY_BYTES = 256 * 1024 * 1024
 
@@ -92,10 +98,15 @@ class LocalServer(ServerHandle):
         echo_log: bool = False,
         limits: Limits | None = None,
         enable_signature_method_name_check: bool = False,
+        allow_version_labels_for_unavailable_models: bool = False,
+        max_num_load_retries: int = lifecycle.DEFAULT_MAX_NUM_LOAD_RETRIES,
+        load_retry_interval_micros: int = lifecycle.DEFAULT_LOAD_RETRY_INTERVAL_MICROS,
         mixed_precision: str = "",
     ) -> None:
         """Flags as ``python -m builder serve`` documents them; ``limits`` (if given) sets every
-        size/time/thread limit at once, else they come from the individual arguments."""
+        size/time/thread limit at once, else they come from the individual arguments. The
+        life-cycle flags default to tensorflow_model_server's (labels only on AVAILABLE
+        versions, 5 retries 60 s apart)."""
         super().__init__()
         self.model_config_file = str(model_config_file or "")
         self.host = host
@@ -114,11 +125,19 @@ class LocalServer(ServerHandle):
         self._check_batching(batching_parameters_file)
         self.expected_entries, self._config_text = _initial_entries(self.model_config_file, model_name,
                                                                    model_base_path)
+        self.lifecycle_flags = lifecycle.ServerFlags(
+            allow_version_labels_for_unavailable_models=bool(allow_version_labels_for_unavailable_models),
+            max_num_load_retries=int(max_num_load_retries),
+            load_retry_interval_micros=int(load_retry_interval_micros),
+            file_system_poll_wait_seconds=self.fs_poll,  # seconds; fractions are allowed here
+            model_config_file_poll_wait_seconds=self.config_poll,
+            enable_model_warmup=bool(enable_model_warmup))
         from builder.optimize import bf16  # bf16 hook (issue 12): TF Serving's --mixed_precision
 
         self.mixed_precision = str(mixed_precision or "")
         self.manager = ModelManager(self.log, enable_model_warmup, enable_signature_method_name_check,
-                                    bf16.server_session_config(self.mixed_precision, self.log))
+                                    flags=self.lifecycle_flags,
+                                    session_config=bf16.server_session_config(self.mixed_precision, self.log))
         self.metrics = Metrics()
         self.core = ServingCore(self.manager, self.metrics, InflightBytes(self.limits.max_inflight_request_bytes))
         self._grpc: Any = None
@@ -154,13 +173,23 @@ class LocalServer(ServerHandle):
         return msg.prometheus_config.path or PROMETHEUS_PATH
 
     def start(self) -> LocalServer:
+        """``Server::BuildAndStart``: apply the first config (labels checked before any model is
+        added), wait until the latest aspired version of every model is AVAILABLE, then open the
+        ports. A refused label or a latest version that fails every load attempt raises
+        ServerStartError with TF Serving's message; a model with no version yet keeps start-up
+        waiting (``stop()`` from another thread ends the wait)."""
         self._t_start = time.monotonic()
-        errors = self.manager.apply_config(self.expected_entries)
-        if errors:
+        try:
+            self.manager.apply_config(self.expected_entries)
+        except RpcStatus as e:
+            self._startup_failed(f"{e.code}: {e.message}")
+        failed = self.manager.wait_for_models([e.name for e in self.expected_entries], self._stop)
+        if failed:
+            self._startup_failed(f"UNKNOWN: {len(failed)} servable(s) did not become available: "
+                                 + "{" + "".join(f"{{{d}}}, " for d in failed) + "}")
+        if self._stop.is_set():
             self.manager.shutdown()
-            if not self._log_handler.echo:
-                self.print_log()
-            raise ServingError("models failed to load at startup: " + "; ".join(errors))
+            raise ServingError("local server: stopped before start-up finished")
         self._start_grpc()
         try:
             self._start_http()
@@ -169,11 +198,17 @@ class LocalServer(ServerHandle):
             raise
         self.log.info("gRPC listening on %s:%d", self.host, self.grpc_port)
         self.log.info("REST listening on %s:%d", self.host, self.rest_port)
-        if self.fs_poll > 0 or (self.config_poll > 0 and self.model_config_file):
-            t = threading.Thread(target=self._poll_loop, name="tfs-local-poll", daemon=True)
-            t.start()
-            self._threads.append(t)
+        t = threading.Thread(target=self._poll_loop, name="tfs-local-poll", daemon=True)
+        t.start()
+        self._threads.append(t)
         return self
+
+    def _startup_failed(self, status: str) -> None:
+        self.log.error("Failed to start server. Error: %s", status)
+        self.manager.shutdown()
+        if not self._log_handler.echo:
+            self.print_log()
+        raise ServerStartError(f"Failed to start server. Error: {status}")
 
     def _start_grpc(self) -> None:
         from builder.serve.grpc_api import start_grpc_server
@@ -201,16 +236,46 @@ class LocalServer(ServerHandle):
         self._http = server
 
     def reload_config(self, entries: list[ModelEntry]) -> list[str]:
-        """Apply a new config now (the gRPC HandleReloadConfigRequest path)."""
+        """Apply a new config now (the gRPC HandleReloadConfigRequest path). A refused config
+        raises RpcStatus and changes nothing; otherwise returns why added models did not
+        become available (empty: all did)."""
         self.log.info("Reloading config: %s", ", ".join(e.name for e in entries))
-        return self.manager.apply_config(entries, strict=True)
+        added = self.manager.apply_config(entries)
+        self.expected_entries = entries
+        return self._wait_for_added(added)
+
+    def _wait_for_added(self, added: list[str]) -> list[str]:
+        """``WaitUntilModelsAvailable`` for the models a reload added. Two deliberate limits, so a
+        reload never blocks forever where TF Serving's would: with polling off (0 or negative)
+        an added model is reported at once (tensorflow_model_server never lists its base path
+        and blocks the reload: serving#1519), and a model with no version yet is not waited
+        for (a warning says TF Serving would wait)."""
+        if not added:
+            return []
+        if lifecycle.poll_mode(self.fs_poll) != "periodic":
+            msgs = [f"model {n}: --file_system_poll_wait_seconds={self.fs_poll:g} lists no base path after "
+                    "start-up, so tensorflow_model_server never loads a model added later and this reload "
+                    "would block (serving#1519): poll periodically or restart the server" for n in added]
+            for m in msgs:
+                self.log.error("%s", m)
+            return msgs
+        waiting = [n for n in added if self.manager.has_versions(n)]
+        for n in sorted(set(added) - set(waiting)):
+            self.log.warning("model %s has no version yet: not waiting for it (TF Serving's reload "
+                             "would block until one appears)", n)
+        failed = self.manager.wait_for_models(waiting, self._stop)
+        if not failed:
+            return []
+        return [f"{len(failed)} model(s) did not become available: {{" + "".join(f"{{{d}}}, " for d in failed) + "}"]
 
     def _poll_loop(self) -> None:
-        next_fs = time.monotonic() + self.fs_poll if self.fs_poll > 0 else math.inf
-        next_cfg = time.monotonic() + self.config_poll if self.config_poll > 0 and self.model_config_file else math.inf
+        """File-system polls and load retries when due (``ModelManager.tick``); the config file
+        every --model_config_file_poll_wait_seconds when that is > 0 (``config_poll_mode``)."""
+        periodic_cfg = lifecycle.config_poll_mode(self.config_poll) == "periodic" and self.model_config_file
+        next_cfg = time.monotonic() + self.config_poll if periodic_cfg else math.inf
         while not self._stop.is_set():
             now = time.monotonic()
-            wake = min(next_fs, next_cfg)
+            wake = min(next_cfg, self.manager.next_due())
             if wake > now:
                 self._stop.wait(min(wake - now, 0.5))
                 continue
@@ -218,13 +283,14 @@ class LocalServer(ServerHandle):
                 if now >= next_cfg:
                     next_cfg = now + self.config_poll
                     self._poll_config()
-                if now >= next_fs:
-                    next_fs = now + self.fs_poll
-                    self.manager.poll()
+                self.manager.tick()
             except Exception:  # noqa: BLE001 - the poller must survive anything a disk does
                 self.log.exception("poll failed")
 
     def _poll_config(self) -> None:
+        """``PollFilesystemAndReloadConfig``: a file that cannot be read or parsed, or whose
+        labels are refused, keeps the current config; the refused file is tried again at the
+        next poll (a label may become valid once its version is AVAILABLE)."""
         try:
             text = Path(self.model_config_file).read_text(encoding="utf-8")
         except OSError as e:
@@ -234,13 +300,15 @@ class LocalServer(ServerHandle):
             return
         try:
             entries = parse_model_server_config(text, self.model_config_file)
-        except ConfigError as e:
-            self.log.error("%s: keeping the current config", e)
+            added = self.manager.apply_config(entries)
+        except (ConfigError, RpcStatus) as e:
+            self.manager.warn_once(f"{self.model_config_file}: {getattr(e, 'message', e)}: keeping the current "
+                                   "config", logging.ERROR)
             return
         self._config_text = text
         self.expected_entries = entries
-        self.log.info("config file %s changed: applying it", self.model_config_file)
-        for err in self.manager.apply_config(entries):
+        self.log.info("config file %s changed: applied it", self.model_config_file)
+        for err in self._wait_for_added(added):
             self.log.error("%s", err)
 
     def log_text(self) -> str:
@@ -268,6 +336,9 @@ def serve_command(
     model_base_path: str = "",
     model_config_file_poll_wait_seconds: float = 0,
     file_system_poll_wait_seconds: float = 1,
+    allow_version_labels_for_unavailable_models: bool = False,
+    max_num_load_retries: int = lifecycle.DEFAULT_MAX_NUM_LOAD_RETRIES,
+    load_retry_interval_micros: int = lifecycle.DEFAULT_LOAD_RETRY_INTERVAL_MICROS,
     enable_model_warmup: bool = True,
     rest_api_max_body_bytes: int = DEFAULT_REST_MAX_BODY_BYTES,
     max_inflight_request_bytes: int = Limits.max_inflight_request_bytes,
@@ -299,10 +370,21 @@ def serve_command(
         model_name: serve one model under this name (instead of --model_config_file).
         model_base_path: that model's directory holding version folders (any name that parses
             as an integer, e.g. 3 or 00000123).
-        model_config_file_poll_wait_seconds: re-read --model_config_file this often (0 means
-            read once). A config that fails to parse is ignored and the old one kept.
+        model_config_file_poll_wait_seconds: re-read --model_config_file this often (0 or
+            negative: read once). A config that fails to parse, or whose labels are refused, is
+            ignored and the old one kept (tried again at the next poll).
         file_system_poll_wait_seconds: re-scan base paths for added or removed versions this
-            often (0 means scan once at startup).
+            often (0: scan once at start-up, so versions added later never load; negative:
+            never scan, so start-up waits forever - both as in TF Serving).
+        allow_version_labels_for_unavailable_models: accept version_labels that point at a
+            version not AVAILABLE yet (labels are checked before any model loads, so without
+            it a first config with labels fails start-up); an existing label still cannot move
+            to a version that is not AVAILABLE. TF Serving's flag; the project's image passes it.
+        max_num_load_retries: retries of a failed load before the version is left in error
+            (not loaded again while its directory stays on disk). TF Serving's default 5.
+        load_retry_interval_micros: wait between load retries, in microseconds (negative: no
+            wait). TF Serving's default 60000000 (1 minute). Start-up waits for the latest
+            version of every model through its retries and exits 1 if it still fails.
         enable_model_warmup: run each version's assets.extra/tf_serving_warmup_requests
             (predict, classify, regress and multi_inference records) at load; a bad record
             fails that version's load, as in TF Serving.
@@ -361,6 +443,12 @@ def _server_from_flags(f: dict[str, Any]) -> LocalServer:
                                                      "--model_config_file_poll_wait_seconds"),
         file_system_poll_wait_seconds=as_float(f["file_system_poll_wait_seconds"], "--file_system_poll_wait_seconds"),
         enable_model_warmup=as_bool(f["enable_model_warmup"], "--enable_model_warmup"),
+        allow_version_labels_for_unavailable_models=as_bool(f["allow_version_labels_for_unavailable_models"],
+                                                            "--allow_version_labels_for_unavailable_models"),
+        max_num_load_retries=as_int(f["max_num_load_retries"], "--max_num_load_retries", minimum=0,
+                                    maximum=2**31 - 1),
+        load_retry_interval_micros=as_int(f["load_retry_interval_micros"], "--load_retry_interval_micros",
+                                          minimum=-(2**63), maximum=2**63 - 1),
         monitoring_config_file=f["monitoring_config_file"],
         batching_parameters_file=f["batching_parameters_file"],
         echo_log=True,
@@ -373,17 +461,27 @@ def _server_from_flags(f: dict[str, Any]) -> LocalServer:
 
 def _run_until_signalled(server: LocalServer) -> None:
     """Start, print the bound ports (ProcessServer and scripts parse these lines), and serve
-    until SIGTERM or Ctrl-C; then stop cleanly and exit 0."""
+    until SIGTERM or Ctrl-C; then stop cleanly and exit 0. A signal during start-up (which may
+    wait for a model's first version) ends it cleanly too; a failed start-up raises
+    ServerStartError (exit 1)."""
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    server.start()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        stop.set()
+        server._stop.set()  # ends a start-up wait as well
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        server.start()
         print(f"gRPC listening on {server.host}:{server.grpc_port}", flush=True)
         print(f"REST listening on {server.host}:{server.rest_port}", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
+    except ServingError as e:
+        if isinstance(e, ServerStartError) or not stop.is_set():
+            raise
     finally:
         print("shutting down", flush=True)
         server.stop()

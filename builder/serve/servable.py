@@ -73,6 +73,7 @@ class Servable:
         if not os.path.isfile(path):
             self.log.info("No warmup data file found at %s", path)
             return
+        self._check_warmup_file()
         n = 0
         try:
             for record in tf.compat.v1.io.tf_record_iterator(path):
@@ -89,6 +90,18 @@ class Servable:
         self.warmup_records = n
         self.log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
                       path, n)
+
+    def _check_warmup_file(self) -> None:
+        """TF Serving's checks before any record runs (lifecycle.check_warmup): framing, more
+        than 1000 records, records that are not PredictionLogs, SessionRun/PredictStreamed logs,
+        predict records naming a signature or inputs the model lacks. One problem fails the
+        load, as in saved_model_warmup_util.cc."""
+        from builder.config.lifecycle import check_warmup
+
+        problems = check_warmup(self.path, {k: list(sig.inputs) for k, sig in self.signatures.items()})
+        if problems:
+            code = "DATA_LOSS" if "TFRecord format" in problems[0] else "INVALID_ARGUMENT"
+            raise RpcStatus(code, f"warmup failed for {self.name} version {self.version}: {problems[0]}")
 
     def _replay(self, record: bytes, n: int, path: str) -> None:
         """Run one PredictionLog record, as saved_model_warmup.cc's RunWarmupRequest does."""
