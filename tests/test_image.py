@@ -108,13 +108,15 @@ def test_dockerfile_arg_default_and_base_image():
     cmds = _commands(ROOT / "Dockerfile.serving")
     assert cmds[0].cmd == "ARG" and cmds[0].value == ("SERVING_TAG=2.17.0-gpu",)
     froms = [c for c in cmds if c.cmd == "FROM"]
-    assert [c.value for c in froms] == [("tensorflow/serving:${SERVING_TAG}",)]
+    # bf16 hook (issue 12): stage "serving-bf16" adds --mixed_precision; "serving" stays last
+    assert [c.value for c in froms] == [("tensorflow/serving:${SERVING_TAG}", "AS", "base"),
+                                        ("base", "AS", "serving-bf16"), ("base", "AS", "serving")]
     assert image.DEFAULT_SERVING_TAG == "2.17.0-gpu"
 
 
 def test_dockerfile_entrypoint_is_server_flags_and_all_flags_exist_in_2_17():
     cmds = _commands(ROOT / "Dockerfile.serving")
-    (entry,) = [c for c in cmds if c.cmd == "ENTRYPOINT"]
+    entry, _bf16 = [c for c in cmds if c.cmd == "ENTRYPOINT"]  # bf16 hook: tests/test_bf16_serving.py
     assert entry.json, "exec form, so the flags reach the server without a shell"
     argv = list(entry.value)
     assert argv[0] == image.SERVER_BINARY
@@ -311,7 +313,8 @@ def test_bad_batching_file_refused_before_copying(repo, configs, tmp_path):
 
 def test_build_and_push_commands(tmp_path):
     argv = docker.build_command(tmp_path, "registry.example.com:5000/team/facenet:3", "2.17.0")
-    assert argv == ["docker", "build", "--build-arg", "SERVING_TAG=2.17.0", "--tag",
+    assert argv == ["docker", "build", "--build-arg", "SERVING_TAG=2.17.0",
+                    "--target", "serving", "--tag",  # bf16 hook (issue 12)
                     "registry.example.com:5000/team/facenet:3", "--file",
                     str(tmp_path / "Dockerfile"), str(tmp_path)]
     assert docker.push_command("a/b:1") == ["docker", "push", "a/b:1"]
@@ -348,7 +351,8 @@ def test_build_and_push_sdk_calls(tmp_path, caplog):
     (_, kw), push = images.calls
     assert kw == {"path": str(tmp_path), "dockerfile": "Dockerfile",
                   "buildargs": {"SERVING_TAG": "2.17.0-gpu"},
-                  "tag": "localhost:5000/team/facenet:3", "rm": True}
+                  "tag": "localhost:5000/team/facenet:3", "rm": True,
+                  "target": "serving"}  # bf16 hook (issue 12)
     assert push == ("push", "localhost:5000/team/facenet", "3", True, True)
     assert "Step 1/9 : ARG" in logged
 
@@ -383,7 +387,7 @@ def test_script_without_engine_prints_context_and_command(repo, configs, tmp_pat
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no Docker engine: "), r.stderr
-    assert (f"docker build --build-arg SERVING_TAG=2.17.0 --tag localhost:5000/tiny-serving:2 "
+    assert (f"docker build --build-arg SERVING_TAG=2.17.0 --target serving --tag localhost:5000/tiny-serving:2 "
             f"--file {out}/Dockerfile {out}") in r.stdout
     assert "docker push localhost:5000/tiny-serving:2" in r.stdout
     assert "tiny versions 1, 2" in r.stdout
@@ -397,7 +401,7 @@ def test_script_context_only_and_gate(repo, trt_repo, configs, tmp_path):
     r = _run_script("--repo", str(repo), "--context", str(tmp_path / "a"), "--context_only",
                     *flags)
     assert r.returncode == 0, r.stderr
-    assert "docker build --build-arg SERVING_TAG=2.17.0-gpu --tag IMAGE" in r.stdout
+    assert "docker build --build-arg SERVING_TAG=2.17.0-gpu --target serving --tag IMAGE" in r.stdout
     r = _run_script("--repo", str(trt_repo), "--context", str(tmp_path / "b"), "--image",
                     "x/y:1", "--serving_tag", "2.18.0-gpu", *flags)
     assert r.returncode == 2

@@ -122,9 +122,8 @@ def test_check_request_accepts_cpu_side_combinations(opt, prec):
     ("gpu", "fp32", ["--optimize 'gpu'", "none, cpu, tftrt"]),
     ("cpu", "fp64", ["--precision 'fp64'", "fp32"]),
     ("none", "fp16", ["--precision fp16", "--optimize tftrt"]),
-    ("cpu", "int8", ["--precision int8", "--optimize tftrt"]),
-    ("cpu", "bf16", ["--precision bf16", "docs/bench_cpu_optimize.md", "--precision fp32"]),
-    ("tftrt", "bf16", ["--precision bf16"]),
+    ("cpu", "int8", ["--precision int8", "--optimize tftrt", "int8 on CPU is not offered"]),
+    ("tftrt", "bf16", ["--precision bf16", "CPU precision"]),
 ])
 def test_check_request_rejects_bad_combinations_in_one_line(opt, prec, words):
     with pytest.raises(InputError) as e:
@@ -245,10 +244,22 @@ def test_check_standard_graph_rejects_internal_fused_ops():
     assert tf.__version__.startswith("2.17")
 
 
-def test_optimize_graph_refuses_cpu_reduced_precision():
+def test_optimize_graph_refuses_cpu_int8_and_checks_bf16_hardware():
+    """int8 is refused with the measured reason; bf16 goes through the CPU check (accepted
+    only where this CPU has bf16 units: tests/test_bf16.py covers both sides)."""
+    from builder.core.errors import UnavailableError
+    from builder.optimize import bf16
+
     gd, run = conv_bn_graph()
-    with pytest.raises(InputError, match="--precision bf16"):
-        cpu.optimize_graph(model_of(gd, run), "cpu", "bf16")
+    with pytest.raises(InputError, match="--precision int8: int8 on CPU is not offered"):
+        cpu.optimize_graph(model_of(gd, run), "cpu", "int8")
+    if not bf16.bf16_capability()[0]:
+        with pytest.raises(UnavailableError, match="--precision bf16"):
+            cpu.optimize_graph(model_of(gd, run), "cpu", "bf16")
+    else:
+        _, info = cpu.optimize_graph(model_of(gd, run), "cpu", "bf16")
+        assert info["precision"] == "bf16" and info["bf16"]["mode"] == "profile"
+        assert "measured" not in info["bf16"]  # only with measure_batch (the export passes it)
 
 
 # --------------------------------------------------------------------------- fold patterns

@@ -99,12 +99,14 @@ def parse_serving_tag(image: str) -> tuple[tuple[int, int] | None, bool]:
 
 
 def image_problem(has_trt: bool, image: str, *, missing_ops: Iterable[str] = (),
-                  tensorrt_version: Iterable[int] | None = None) -> str | None:
+                  tensorrt_version: Iterable[int] | None = None,
+                  bf16: str | None = None) -> str | None:
     """Why ``image`` cannot load an artefact (None if it can).
 
     ``missing_ops`` (from ``serving_missing_ops``) refuse every stock image; ``tensorrt_version``
     (the version the engines were built with, build_info["tensorrt"]["loaded_version"]) refuses
-    a TensorRT-capable tag whose image ships another TensorRT major version."""
+    a TensorRT-capable tag whose image ships another TensorRT major version; ``bf16``
+    (``bf16_mode(build_info)``) refuses images that cannot serve a bf16 artefact."""
     missing = sorted(set(missing_ops))
     if missing:
         return (
@@ -113,7 +115,7 @@ def image_problem(has_trt: bool, image: str, *, missing_ops: Iterable[str] = (),
             "Python; build a serving binary with that library, or re-export without those ops"
         )
     if not has_trt:
-        return None
+        return bf16_image_problem(bf16, image)
     version, gpu = parse_serving_tag(image)
     if not gpu:
         return (
@@ -160,9 +162,13 @@ def serving_tensorrt_version(image: str) -> tuple[int, int, int] | None:
     return SERVING_GPU_TENSORRT.get(version)
 
 
-def image_warning(has_trt: bool, image: str, tensorrt_version: Iterable[int] | None) -> str | None:
+def image_warning(has_trt: bool, image: str, tensorrt_version: Iterable[int] | None,
+                  bf16: str | None = None) -> str | None:
     """A pairing that loads but is slow: TensorRT engines are serialised for one exact TensorRT
-    version; another minor/patch of the same major rebuilds them at the first request."""
+    version; another minor/patch of the same major rebuilds them at the first request. A bf16
+    artefact gets ``bf16_image_warning`` (oneDNN must be on where it runs)."""
+    if bf16 is not None:
+        return bf16_image_warning(bf16, image)
     if not has_trt or tensorrt_version is None or image_problem(True, image) is not None:
         return None
     built = tuple(int(x) for x in tensorrt_version)
@@ -215,8 +221,13 @@ def serving_report(graph_def: Any, tensorrt_version: Iterable[int] | None = None
     """What ``inspect``/``export`` print about which serving images can load a graph."""
     trt = sorted(trt_ops(graph_def))
     missing = sorted(serving_missing_ops(graph_def))
+    bf16 = bf16_nodes(graph_def)
     if missing:
         images = "no stock tensorflow/serving image (missing ops: " + ", ".join(missing) + ")"
+    elif bf16:
+        images = (f"needs bf16 CPU: {bf16} nodes compute in bfloat16 (baked); any "
+                  f"tensorflow/serving >= 2.17 CPU image on a CPU with AVX512-BF16/AMX (Arm: BF16) "
+                  "and oneDNN on")
     else:
         images = serving_images_summary(bool(trt))
         if trt and tensorrt_version is not None:
@@ -225,8 +236,16 @@ def serving_report(graph_def: Any, tensorrt_version: Iterable[int] | None = None
         "trt_ops": trt,
         "missing_ops": missing,
         "internal_ops": sorted(internal_ops(graph_def)),
+        "bf16_nodes": bf16,
         "serving_images": images,
     }
+
+
+def bf16_nodes(graph_def: Any) -> int:
+    """Nodes computing in bfloat16 (a baked bf16 graph; casts excluded)."""
+    bf16 = DT_BFLOAT16
+    return sum(1 for n in iter_nodes(graph_def)
+               if n.op != "Cast" and "T" in n.attr and n.attr["T"].type == bf16)
 
 
 def serving_images_summary(has_trt: bool) -> str:
@@ -236,3 +255,125 @@ def serving_images_summary(has_trt: bool) -> str:
             "TensorRT major version the engines were built with; NOT CPU images, NOT >=2.18"
         )
     return "any tensorflow/serving image >= 2.17 (CPU or GPU)"
+
+
+# --------------------------------------------------------------------------- CPU bf16 (issue 12)
+#
+# What the sources say (docs/optimizers.md "Which images run bf16"): TF Serving >= 2.15 has
+# --mixed_precision=bfloat16 (model_servers/main.cc), which sets the session rewrite
+# auto_mixed_precision_onednn_bfloat16 for every model (saved_model_bundle_factory.cc) unless
+# --platform_config_file is given. The rewrite exists only where TensorFlow is built with
+# INTEL_MKL and oneDNN is on at run time (grappler meta_optimizer.cc). TF's if_mkl() selects
+# oneDNN for every x86-64 Linux build, with or without --config=mkl; --config=mkl adds
+# ENABLE_MKL, which keeps oneDNN on regardless of the CPU. Without it (the stock
+# --config=release images) oneDNN is on by default only on CPUs with AVX512_VNNI, AVX512_BF16,
+# AVX_VNNI or AMX (tensorflow/core/util/port.cc), and TF_ENABLE_ONEDNN_OPTS=0 turns it off -
+# then the rewrite silently does nothing.
+
+DT_BFLOAT16 = 14  # tensorflow.DataType enum value (types.proto); no TensorFlow import needed
+BF16_MIN_SERVING = (2, 15)  # first TF Serving release with --mixed_precision (main.cc, 2.15.0-rc0)
+BF16_CPU_IMAGE = "tensorflow/serving:2.17.0"  # the base to name in refusals
+
+
+def bf16_mode(build_info: dict[str, Any] | None) -> str | None:
+    """``"profile"`` (FP32 artefact, wants ``--mixed_precision=bfloat16``), ``"baked"`` (bf16
+    graph, needs a bf16 CPU) or None, from build_info (no TensorFlow needed)."""
+    info = build_info or {}
+    if info.get("precision") != "bf16":
+        return None
+    profile = info.get("serving_profile") or {}
+    return "profile" if profile.get("mixed_precision") == "bfloat16" else "baked"
+
+
+def _stock_serving(image: str) -> bool:
+    """An official ``tensorflow/serving`` image (whose build flags the sources tell us)."""
+    repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    return repo in ("tensorflow/serving", "docker.io/tensorflow/serving")
+
+
+def bf16_image_problem(mode: str | None, image: str) -> str | None:
+    """Why ``image`` cannot serve a bf16 artefact as exported (None if it can, maybe with a
+    warning from ``bf16_image_warning``)."""
+    if mode is None:
+        return None
+    version, gpu = parse_serving_tag(image)
+    stock = _stock_serving(image)
+    if stock and gpu and mode == "baked":
+        return (f"{image} is a GPU image, but the artefact is a baked bf16 graph for bf16 CPUs: "
+                f"use {BF16_CPU_IMAGE} on a host with AVX512-BF16/AMX, or re-export without --bake "
+                "(FP32 artefact + serving profile)")
+    if stock and mode == "profile" and version is not None and version < BF16_MIN_SERVING:
+        return (f"{image} predates TF Serving 2.15, which added --mixed_precision (the server "
+                f"exits on an unknown flag): use {BF16_CPU_IMAGE}")
+    return None
+
+
+def bf16_image_warning(mode: str | None, image: str) -> str | None:
+    """The loud warning for every bf16 pairing that loads but may not run bf16."""
+    if mode is None or bf16_image_problem(mode, image):
+        return None
+    _, gpu = parse_serving_tag(image)
+    stock = _stock_serving(image)
+    if stock and gpu:
+        return (f"{image} runs the model on the GPU: oneDNN's bf16 rewrite only converts CPU "
+                f"nodes, so --mixed_precision=bfloat16 does nothing there; for the bf16 speed-up "
+                f"use {BF16_CPU_IMAGE} on a host with AVX512-BF16/AMX")
+    what = ("--mixed_precision=bfloat16 silently does nothing (FP32 speed)" if mode == "profile"
+            else "the bf16 graph runs on Eigen's bf16 kernels (no faster than FP32)")
+    base = ("the stock x86-64 image has oneDNN compiled in (--config=release) but switches it on "
+            "only on CPUs with AVX512_VNNI/AVX512_BF16/AVX_VNNI/AMX" if stock else
+            f"{image} is not a stock tensorflow/serving image: it needs a TF Serving >= 2.15 built "
+            "for x86-64 Linux (oneDNN) or with --config=mkl_aarch64")
+    return (f"bf16 needs oneDNN at run time: {base}; with TF_ENABLE_ONEDNN_OPTS=0 or on a CPU "
+            f"without AVX512-BF16/AMX {what}; run it on such hosts (or build "
+            "tools/docker/Dockerfile.mkl, --config=mkl, to keep oneDNN on everywhere)")
+
+
+def shared_server_warning(models: Iterable[tuple[str, str | None]]) -> str | None:
+    """``--mixed_precision`` is server-wide: every model the server loads gets the bf16
+    rewrite. ``models`` = (label, ``bf16_mode``); fp32 models next to a profile are flagged,
+    since their parity was never checked in bf16."""
+    models = list(models)
+    profile = [label for label, mode in models if mode == "profile"]
+    plain = [label for label, mode in models if mode is None]
+    if not (profile and plain):
+        return None
+    return (f"--mixed_precision=bfloat16 is server-wide: {', '.join(plain)} (exported fp32, "
+            f"parity never checked in bf16) would run with the bf16 rewrite too, next to "
+            f"{', '.join(profile)}; serve them from a separate server, or re-export them with "
+            "--precision bf16")
+
+
+def mixed_precision_advice(artifacts: Iterable[tuple[str, int, dict[str, Any] | None]],
+                           image: str | None = None) -> tuple[list[str], list[str]]:
+    """(server flags, lines to print) for the models one server will load (``config``): the
+    flag a bf16 serving profile wants, the shared-server warning, and with ``image`` the bf16
+    image warnings."""
+    models = [(f"{name}/{version}", bf16_mode(info)) for name, version, info in artifacts]
+    lines: list[str] = []
+    for _, mode in models:
+        warning = bf16_image_warning(mode, image) if image else None
+        if warning and f"warning: {warning}" not in lines:
+            lines.append(f"warning: {warning}")
+    profile = [label for label, mode in models if mode == "profile"]
+    if not profile:
+        return [], lines
+    flags = ["--mixed_precision=bfloat16"]
+    shared = shared_server_warning(models)
+    head = [f"this repository wants {flags[0]} (bf16 serving profile: {', '.join(profile)})"]
+    return flags, head + ([f"warning: {shared}"] if shared else []) + lines
+
+
+def bf16_summary(build_info: dict[str, Any] | None) -> str | None:
+    """One line for ``inspect``: the profile flag or "needs bf16 CPU", and the measured gain."""
+    mode = bf16_mode(build_info)
+    if mode is None:
+        return None
+    info = (build_info or {}).get("bf16") or {}
+    m = info.get("measured") or {}
+    gain = (f"; measured {m['speedup']}x FP32 at batch {m['batch']}, batch-1 p50 "
+            f"{m['batch1_p50_ratio']}x, on {m['cpu']}" if m.get("speedup") else "")
+    if mode == "profile":
+        return ("bf16 serving profile: FP32 artefact, serve with --mixed_precision=bfloat16 "
+                f"(oneDNN's auto_mixed_precision_onednn_bfloat16){gain}")
+    return f"bf16 baked: needs bf16 CPU (AVX512-BF16/AMX or Arm BF16, oneDNN on){gain}"

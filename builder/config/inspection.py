@@ -108,6 +108,9 @@ def _print_version(v: dict[str, Any], indent: str = "") -> None:
               f"optimizer={info.get('optimizer')} precision={info.get('precision')} "
               f"parity={'passed' if p.get('passed') else 'FAILED'} "
               f"(max_abs_diff={p.get('max_abs_diff')}, min_cosine={p.get('min_cosine')})")
+        bf16_line = compat.bf16_summary(info)  # bf16 hook (issue 12)
+        if bf16_line:
+            print(f"{indent}  {bf16_line}")
     for mg in v["meta_graphs"]:
         print(f"{indent}  tags {','.join(mg['tags'])}: {mg['nodes']} nodes, {mg['functions']} functions")
         init = mg["init_op"]

@@ -410,7 +410,8 @@ def check_image(repo: Path, cfg: Any, image: str) -> None:
         has_trt = info.get("optimizer") == "tftrt" or any(compat.trt_ops(gd) for gd in graphs)
         missing = set().union(*(compat.serving_missing_ops(gd) for gd in graphs)) if graphs else set()
         trt_version = (info.get("tensorrt") or {}).get("loaded_version")
-        problem = compat.image_problem(has_trt, image, missing_ops=sorted(missing), tensorrt_version=trt_version)
+        problem = compat.image_problem(has_trt, image, missing_ops=sorted(missing), tensorrt_version=trt_version,
+                                       bf16=compat.bf16_mode(info))  # bf16 hook (issue 12)
         if problem:
             raise CompatibilityError(f"--image: {name} version {v}: {problem}")
 
@@ -468,5 +469,11 @@ def config_command(
         print(f"wrote {p}")
     if tuned is not None:  # batching
         print(tuned.note)
+    from builder.config import compat  # bf16 hook (issue 12): server-wide --mixed_precision
+
+    extra, notes = compat.mixed_precision_advice(repo_artifacts(repo_p, cfg), image)
+    for line in notes:
+        print(line)
     print(f"serve it: tensorflow_model_server --model_config_file={out_p.resolve()} "
-          f"--model_config_file_poll_wait_seconds={poll_wait_seconds} --rest_api_port=8501")
+          f"--model_config_file_poll_wait_seconds={poll_wait_seconds} --rest_api_port=8501"
+          + "".join(f" {f}" for f in extra))

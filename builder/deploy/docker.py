@@ -20,11 +20,12 @@ _LOG = log.get(__name__)
 
 
 def build_command(context: str | os.PathLike, image: str,
-                  serving_tag: str = DEFAULT_SERVING_TAG) -> list[str]:
+                  serving_tag: str = DEFAULT_SERVING_TAG, target: str = "serving") -> list[str]:
     """The ``docker build`` argv equivalent to what ``build_and_push`` asks the engine for."""
     ctx = Path(context)
-    return ["docker", "build", "--build-arg", f"SERVING_TAG={serving_tag}", "--tag", image,
-            "--file", str(ctx / "Dockerfile"), str(ctx)]
+    return ["docker", "build", "--build-arg", f"SERVING_TAG={serving_tag}",
+            "--target", target,  # bf16 hook (issue 12)
+            "--tag", image, "--file", str(ctx / "Dockerfile"), str(ctx)]
 
 
 def push_command(image: str) -> list[str]:
@@ -51,7 +52,8 @@ def docker_client() -> Any:
 
 def build_and_push(context: str | os.PathLike, image: str,
                    serving_tag: str = DEFAULT_SERVING_TAG, push: bool = True,
-                   client: Any = None, log: Callable[[str], None] | None = None) -> str:
+                   client: Any = None, log: Callable[[str], None] | None = None,
+                   target: str = "serving") -> str:
     """Build the context with the docker SDK, then push. Returns the image id.
 
     Build and push errors become BuilderErrors carrying the engine's own last message, since
@@ -66,7 +68,7 @@ def build_and_push(context: str | os.PathLike, image: str,
     try:
         img, logs = client.images.build(path=str(context), dockerfile="Dockerfile",
                                         buildargs={"SERVING_TAG": serving_tag}, tag=image,
-                                        rm=True)
+                                        rm=True, target=target)  # bf16 hook: target
     except docker.errors.BuildError as e:
         raise ServingError(f"docker build of {image} failed: {e.msg}") from None
     except docker.errors.APIError as e:

@@ -75,7 +75,8 @@ TF_SERVING_2_17_FLAGS = frozenset(
 
 def server_flags(config_dir: str = CONTAINER_CONFIG, port: int = GRPC_PORT,
                  rest_api_port: int = REST_PORT,
-                 poll_seconds: int = CONFIG_POLL_SECONDS) -> list[str]:
+                 poll_seconds: int = CONFIG_POLL_SECONDS,
+                 mixed_precision: str = "") -> list[str]:
     """The tensorflow_model_server flags of the serving image, in ``Dockerfile.serving`` order.
 
     One definition for the Dockerfile (checked by a test) and the Kubernetes Deployment, so a
@@ -93,7 +94,13 @@ def server_flags(config_dir: str = CONTAINER_CONFIG, port: int = GRPC_PORT,
         # Without it a models.config with labels aborts start-up (labels are checked before any
         # model loads: ServerCore::UpdateModelVersionLabelMap), e.g. at every pod restart.
         "--allow_version_labels_for_unavailable_models=true",
+        # bf16 hook (issue 12): the bf16 serving profile (Dockerfile.serving target serving-bf16)
+        *([f"--mixed_precision={mixed_precision}"] if mixed_precision else []),
     ]
+
+
+# bf16 hook (issue 12): Dockerfile.serving target per serving profile
+DOCKER_TARGETS = {"": "serving", "bfloat16": "serving-bf16"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,6 +119,7 @@ class ArtefactInfo:
     optimizer: str | None = None  # from build_info.json, None when there is none
     missing_ops: set[str] = field(default_factory=set)  # no stock TF Serving can run these
     tensorrt_version: list[int] | None = None  # TensorRT the engines were built with
+    bf16: str | None = None  # bf16 hook (issue 12): "profile" | "baked" | None (compat.bf16_mode)
 
     @property
     def has_trt(self) -> bool:
@@ -119,10 +127,10 @@ class ArtefactInfo:
 
     def problem(self, image_ref: str) -> str | None:
         return compat.image_problem(self.has_trt, image_ref, missing_ops=self.missing_ops,
-                                    tensorrt_version=self.tensorrt_version)
+                                    tensorrt_version=self.tensorrt_version, bf16=self.bf16)
 
     def warning(self, image_ref: str) -> str | None:
-        return compat.image_warning(self.has_trt, image_ref, self.tensorrt_version)
+        return compat.image_warning(self.has_trt, image_ref, self.tensorrt_version, self.bf16)
 
 
 def scan_version(name: str, version: int, path: str | os.PathLike) -> ArtefactInfo:
@@ -143,6 +151,7 @@ def scan_version(name: str, version: int, path: str | os.PathLike) -> ArtefactIn
         optimizer=info.get("optimizer"),
         missing_ops=missing,
         tensorrt_version=[int(x) for x in loaded] if loaded else None,
+        bf16=compat.bf16_mode(info),  # bf16 hook (issue 12)
     )
 
 
@@ -181,7 +190,15 @@ def gate(artefacts: Sequence[ArtefactInfo], image: str) -> None:
 
 def gate_warnings(artefacts: Sequence[ArtefactInfo], image: str) -> list[str]:
     """Pairings that load but are slow (TensorRT minor/patch mismatch rebuilds engines)."""
-    return [f"{a.name}/{a.version}: {w}" for a in artefacts if (w := a.warning(image))]
+    out = [f"{a.name}/{a.version}: {w}" for a in artefacts if (w := a.warning(image))]
+    shared = compat.shared_server_warning(  # bf16 hook (issue 12): --mixed_precision is server-wide
+        (f"{a.name}/{a.version}", a.bf16) for a in artefacts)
+    return out + ([shared] if shared else [])
+
+
+def mixed_precision_of(artefacts: Sequence[ArtefactInfo]) -> str:
+    """bf16 hook (issue 12): ``bfloat16`` when an artefact is a bf16 serving profile."""
+    return "bfloat16" if any(a.bf16 == "profile" for a in artefacts) else ""
 
 
 def serving_image(tag: str) -> str:
@@ -280,6 +297,11 @@ class BuildContext:
     models: dict[str, list[int]]
     has_trt: bool
     warnings: list[str] = field(default_factory=list)
+    mixed_precision: str = ""  # bf16 hook (issue 12): "bfloat16" -> target serving-bf16
+
+    @property
+    def target(self) -> str:
+        return DOCKER_TARGETS[self.mixed_precision]
 
     @property
     def dockerfile(self) -> Path:
@@ -349,7 +371,8 @@ def prepare(
         chosen.setdefault(a.name, []).append(a.version)
     ctx = BuildContext(path=out, serving_tag=str(image_tag), models=chosen,
                        has_trt=any(a.has_trt for a in artefacts),
-                       warnings=gate_warnings(artefacts, base))
+                       warnings=gate_warnings(artefacts, base),
+                       mixed_precision=mixed_precision_of(artefacts))  # bf16 hook
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         tmp.mkdir()
@@ -359,7 +382,8 @@ def prepare(
             "base_image": base,
             "models": chosen,
             "tensorrt": ctx.has_trt,
-            "server_flags": server_flags(),
+            "server_flags": server_flags(mixed_precision=ctx.mixed_precision),  # bf16 hook
+            "target": ctx.target,  # bf16 hook (issue 12)
         }, indent=2) + "\n", encoding="utf-8")
         _swap_into_place(tmp, out)
     finally:

@@ -44,6 +44,7 @@ def kserve_manifests(p: Plan) -> list[dict[str, Any]]:
             f"--batching_parameters_file={simage.CONTAINER_CONFIG}/{simage.BATCHING_FILE}",
             f"--monitoring_config_file={simage.CONTAINER_CONFIG}/{simage.MONITORING_FILE}",
             "--enable_model_warmup=true",
+            *([f"--mixed_precision={p.mixed_precision}"] if p.mixed_precision else []),  # bf16 hook
         ],
         "resources": p.resources(),
         "volumeMounts": [{"name": "serving-config", "mountPath": simage.CONTAINER_CONFIG,

@@ -79,7 +79,7 @@ def _pod_spec(p: Plan) -> dict[str, Any]:
         "name": "tensorflow-serving",
         "image": p.image,
         "command": [simage.SERVER_BINARY],
-        "args": simage.server_flags(),
+        "args": simage.server_flags(mixed_precision=p.mixed_precision),  # bf16 hook (issue 12)
         "ports": [{"name": "grpc", "containerPort": simage.GRPC_PORT, "protocol": "TCP"},
                   {"name": "http", "containerPort": simage.REST_PORT, "protocol": "TCP"}],
         # The model *status* endpoint (/v1/models/NAME) answers 200 while a version is still

@@ -95,6 +95,7 @@ class Plan:
     batching_text: str
     monitoring_text: str
     notes: list[str] = field(default_factory=list)
+    mixed_precision: str = ""  # bf16 hook (issue 12): "bfloat16" for a bf16 serving profile
 
     @property
     def labels(self) -> dict[str, str]:
@@ -398,6 +399,7 @@ def plan(o: DeployOptions) -> Plan:
         replicas=scale.replicas, min_replicas=scale.min_replicas, max_replicas=scale.max_replicas,
         target_cpu=as_int(o.target_cpu, "--target_cpu", minimum=1), namespace=scale.namespace,
         volume_claim=claim, batching_text=btext, monitoring_text=mtext, notes=notes,
+        mixed_precision="bfloat16" if art.info and art.info.bf16 == "profile" else "",  # bf16 hook
     )
 
 

@@ -140,7 +140,8 @@ def export(o: ExportOptions, quiet: bool = False) -> ExportResult:
     validate_options(o)
     flow = o.flow or detect_flow(o.model)
     repo = Path(o.repo)
-    run = Run(o, flow, Progress(6 if o.optimize == "tftrt" else 5, quiet),
+    steps = 5 + (o.optimize == "tftrt") + (o.precision == "bf16" and not o.bake)  # bf16 hook: +1 step
+    run = Run(o, flow, Progress(steps, quiet),
               promote.Staging(repo, repo / o.name))
     with _sigterm_as_interrupt():
         try:
@@ -192,7 +193,8 @@ def freeze_and_optimize(run: Run) -> None:
 
     o, staged = run.o, run.staged
     assert staged is not None and run.facts is not None
-    run.freeze = freeze.decide(staged, run.facts, o.freeze, o.optimize)
+    wanted = True if o.bake and o.freeze is None else o.freeze  # bf16 hook (issue 12): --bake freezes
+    run.freeze = freeze.decide(staged, run.facts, wanted, o.optimize)
     with run.progress.step(f"freezing: {'yes' if run.freeze.frozen else 'no'} ({run.freeze.reason}); "
                            f"optimizing ({o.optimize}, {o.precision})", "freeze_and_optimize"):
         if not run.freeze.frozen:
@@ -206,7 +208,7 @@ def freeze_and_optimize(run: Run) -> None:
             run.freeze = freeze.FreezeDecision(False, f"freezing failed, kept unfrozen ({e})", "auto")
             run.opt_info = {"optimizer": "none", "precision": o.precision, "passes": []}
             return
-        if o.optimize in ("cpu", "tftrt"):
+        if o.optimize in ("cpu", "tftrt") or o.bake:  # bf16 hook (issue 12): --bake rewrites too
             _optimize(run, gd)
             return
         with promote.mapped_os_errors(run.out):
@@ -233,7 +235,8 @@ def _optimize(run: Run, gd: Any) -> None:
     key = next(iter(staged.signatures))
     model = freeze.normalized(staged, gd, key)
     tftrt = o.optimize == "tftrt"
-    optimized, run.opt_info = _opt.optimize_graph(model, "none" if tftrt else o.optimize, o.precision)
+    optimized, run.opt_info = _opt.optimize_graph(model, "none" if tftrt else o.optimize, o.precision,
+                                                  bake=o.bake, measure_batch=max(o.batch_sizes))  # bf16 hook
     sig = staged.signatures[key]
     with promote.mapped_os_errors(run.out):
         if not tftrt:
@@ -338,10 +341,14 @@ def check_parity(run: Run) -> None:
 
             table = _trt.PARITY_TOLERANCES
         tol = parity.tolerances(o.precision, o.atol, o.rtol, table)
+        if o.min_cosine is not None:  # bf16 hook (issue 12)
+            tol.min_cosine = o.min_cosine
+        from builder.optimize import bf16  # bf16 hook (issue 12): the profile's parity has the rewrite on
+
         second = {k: v for k, v in run.plan.second.items() if k in run.expected2}
         try:
-            actual, actual2 = parity.run_export(run.out, run.staged.tags, run.checked,
-                                                [run.plan.primary, second])
+            actual, actual2 = bf16.parity_runner(o.precision, o.bake)(run.out, run.staged.tags, run.checked,
+                                                                      [run.plan.primary, second])
         except (*tf_run_errors(), GraphError) as e:
             raise GraphError(f"the exported SavedModel does not run on the parity samples ({first_line(e)}); "
                              "nothing was promoted") from None
@@ -353,6 +360,11 @@ def check_parity(run: Run) -> None:
                 report.second_size = run.second_notes[key]
             run.reports[key] = report
         parity.raise_if_failed(run.reports, f"{o.name} ({run.flow} -> {o.optimize}/{o.precision})")
+    if o.precision == "bf16" and not o.bake:  # bf16 hook (issue 12): measure the profile on the artefact
+        with run.progress.step("measuring the bf16 serving profile (FP32 vs rewrite on)", "bf16"):
+            key = "serving_default" if "serving_default" in run.checked else next(iter(run.checked))
+            bf16.finish_profile(run.opt_info, o.precision, o.bake, run.out, run.staged.tags, run.checked[key],
+                                batch_of(run.plan.primary[key], max(o.batch_sizes)))
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:
@@ -364,6 +376,9 @@ def write_build_info(run: Run) -> dict[str, Any]:
     o = run.o
     version = o.version if o.version is not None else layout.next_version(run.staging.model_dir)
     info = build_info(run, version)
+    from builder.optimize import bf16  # bf16 hook (issue 12)
+
+    info.update(bf16.build_info_fields(run.o.precision, run.opt_info))
     with promote.mapped_os_errors(run.out):
         artifact.write_build_info(run.out, info)
         (run.out.parent / "reproduce.sh").write_text("#!/bin/sh\n" + info["reproduce"] + "\n")
@@ -481,7 +496,8 @@ def export_command(
     precision: str = "fp32", freeze: Any = None, allow_unsafe_ops: bool = False,
     max_workspace_size_bytes: int = 1 << 30, minimum_segment_size: int = 3, calibration_data: str | None = None,
     calibration_preprocessing: str = "unit", calibration_batch_size: int = 8,
-    dynamic_shape_profile_strategy: str = "Range+Optimal", build_engines: bool = True, *, loader: LoaderFlags,
+    dynamic_shape_profile_strategy: str = "Range+Optimal", build_engines: bool = True,
+    bake: bool = False, min_cosine: float | None = None, *, loader: LoaderFlags,
 ) -> None:
     """Export a TensorFlow model as a validated TF Serving version REPO/NAME/VERSION.
 
@@ -514,7 +530,13 @@ def export_command(
         magnitude, plus cosine >= 0.99999).
       rtol: Relative tolerance for parity (default 0).
       optimize: none|cpu|tftrt (cpu and tftrt freeze the graph). Default none.
-      precision: fp32|fp16|int8|bf16 (fp16/int8 need tftrt). Default fp32.
+      precision: fp32|fp16|int8|bf16 (fp16/int8 need tftrt; bf16 needs a CPU with AVX512-BF16,
+        AMX-BF16 or Arm BF16 and --optimize none|cpu: the artefact stays FP32 and is served with
+        TF Serving's --mixed_precision=bfloat16, parity measured with that rewrite on). Default fp32.
+      bake: With --precision bf16: store the bf16 graph itself (frozen; no server flag needed;
+        the artefact then needs a bf16 CPU).
+      min_cosine: Minimum cosine similarity per sample and output for parity (default by
+        precision: fp32 0.99999, bf16/fp16 0.999, int8 0.99).
       freeze: --freeze turns variables into constants, --nofreeze never; by default decided by
         what the graph holds (README, "What survives an export").
       allow_unsafe_ops: Export even if the graph still reads/writes files or runs Python.
@@ -538,7 +560,8 @@ def export_command(
                          checkpoint=checkpoint, clear_devices=clear_devices, batch_sizes=batch_sizes,
                          warmup_records=warmup_records, samples=samples, num_samples=num_samples, seed=seed,
                          atol=atol, rtol=rtol, optimize=optimize, precision=precision, freeze=freeze,
-                         allow_unsafe_ops=allow_unsafe_ops, loader=loader, trt=trt)
+                         allow_unsafe_ops=allow_unsafe_ops, loader=loader, trt=trt,
+                         bake=bake, min_cosine=min_cosine)  # bf16 hook (issue 12)
     print_summary(export(o))
 
 
@@ -560,6 +583,8 @@ def options_from_cli(*, loader: LoaderFlags, trt: dict[str, Any], **raw: Any) ->
         optimize=str(raw["optimize"]), precision=str(raw["precision"]),
         freeze=as_bool_or_auto(raw["freeze"], "--freeze"),
         allow_unsafe_ops=as_bool(raw["allow_unsafe_ops"], "--allow_unsafe_ops"),
+        bake=as_bool(raw.get("bake", False), "--bake"),  # bf16 hook (issue 12)
+        min_cosine=_number_or_none(raw.get("min_cosine"), "--min_cosine"),  # bf16 hook (issue 12)
     )
     if not o.model:
         raise InputError("--model is required: the model file or directory to export")
@@ -592,4 +617,10 @@ def print_summary(result: ExportResult) -> None:
     freeze = info["freeze"]
     print(f"  kept: {', '.join(info['kept_signatures'])}; frozen: {'yes' if freeze['frozen'] else 'no'} "
           f"({freeze['reason']}); export took {info['export_seconds']:.1f}s")
+    bf = info.get("bf16") or {}  # bf16 hook (issue 12)
+    m = bf.get("measured") or {}
+    if m.get("speedup"):
+        print(f"  bf16 ({bf['mode']}): {m['speedup']:.2f}x FP32 at batch {m['batch']}, batch-1 p50 "
+              f"{m['batch1_p50_ratio']:.2f}x, on {m['cpu']}"
+              + ("; serve with --mixed_precision=bfloat16" if bf["mode"] == "profile" else "; needs a bf16 CPU"))
     print(f"  reproduce: {info['reproduce']}")

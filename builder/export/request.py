@@ -51,6 +51,8 @@ class ExportOptions:
     freeze: bool | None = None  # None = decided by what the graph holds
     allow_unsafe_ops: bool = False
     trt: dict[str, Any] = field(default_factory=dict)  # TF-TRT options (see builder.optimize.tftrt)
+    bake: bool = False  # bf16 hook (issue 12): bake the bf16 rewrite instead of a serving profile
+    min_cosine: float | None = None  # bf16 hook (issue 12): overrides the precision's default
 
     @property
     def signatures(self) -> list[str]:
@@ -88,7 +90,10 @@ def validate_options(o: ExportOptions) -> None:
                          "(decided by what the graph holds)")
     from builder.optimize import cpu as _opt
 
-    _opt.check_request(o.optimize, o.precision, trt=o.trt or None)
+    _opt.check_request(o.optimize, o.precision, trt=o.trt or None, bake=o.bake)  # bf16 hook: bake
+    if o.bake and o.freeze is False:  # bf16 hook (issue 12)
+        raise InputError("--bake rewrites a frozen graph: drop --nofreeze, or drop --bake (the "
+                         "serving profile keeps the graph as it is)")
     if o.version is not None and not o.overwrite:
         existing = layout.version_dir(o.repo, o.name, o.version)
         if existing.exists():
@@ -106,6 +111,8 @@ def _check_numbers(o: ExportOptions) -> None:
     for v, flag in ((o.atol, "--atol"), (o.rtol, "--rtol")):
         if v is not None and (not isinstance(v, (int, float)) or v < 0):
             raise InputError(f"{flag} {v!r}: must be a non-negative number")
+    if o.min_cosine is not None and not -1 <= o.min_cosine <= 1:  # bf16 hook (issue 12)
+        raise InputError(f"--min_cosine {o.min_cosine}: must be between -1 and 1, e.g. 0.999")
 
 
 def reproduce_command(o: ExportOptions, version: int) -> str:
@@ -125,11 +132,11 @@ def reproduce_command(o: ExportOptions, version: int) -> str:
         if v:
             parts += [f"--{key}", ",".join(f"{k}={x}" for k, x in v.items())]
     for key in ("checkpoint", "samples", "num_samples", "seed", "atol", "rtol", "optimize", "precision",
-                "warmup_records"):
+                "warmup_records", "min_cosine"):  # bf16 hook: min_cosine
         v = getattr(o, key)
         if v != getattr(d, key):
             parts += [f"--{key}", str(Path(v).resolve()) if key in ("checkpoint", "samples") else str(v)]
-    for key in ("overwrite", "allow_unsafe_ops"):
+    for key in ("overwrite", "allow_unsafe_ops", "bake"):  # bf16 hook: bake
         if getattr(o, key):
             parts.append(f"--{key}")
     if o.freeze is not None:

@@ -104,6 +104,7 @@ class LocalServer(ServerHandle):
         max_num_load_retries: int = lifecycle.DEFAULT_MAX_NUM_LOAD_RETRIES,
         load_retry_interval_micros: int = lifecycle.DEFAULT_LOAD_RETRY_INTERVAL_MICROS,
         enable_batching: bool = False,
+        mixed_precision: str = "",
     ) -> None:
         """Flags as ``python -m builder serve`` documents them; ``limits`` (if given) sets every
         size/time/thread limit at once, else they come from the individual arguments. The
@@ -135,9 +136,13 @@ class LocalServer(ServerHandle):
             file_system_poll_wait_seconds=self.fs_poll,  # seconds; fractions are allowed here
             model_config_file_poll_wait_seconds=self.config_poll,
             enable_model_warmup=bool(enable_model_warmup))
+        from builder.optimize import bf16  # bf16 hook (issue 12): TF Serving's --mixed_precision
+
+        self.mixed_precision = str(mixed_precision or "")
         self.batcher = batching.from_flags(enable_batching, batching_parameters_file, self.log, RpcStatus)
         self.manager = ModelManager(self.log, enable_model_warmup, enable_signature_method_name_check,
-                                    flags=self.lifecycle_flags, batcher=self.batcher)
+                                    flags=self.lifecycle_flags, batcher=self.batcher,
+                                    session_config=bf16.server_session_config(self.mixed_precision, self.log))
         self.metrics = Metrics()
         self.core = ServingCore(self.manager, self.metrics, InflightBytes(self.limits.max_inflight_request_bytes))
         self._grpc: Any = None
@@ -345,6 +350,7 @@ def serve_command(
     batching_parameters_file: str = "",
     enable_batching: bool = False,
     host: str = "127.0.0.1",
+    mixed_precision: str = "",
 ) -> None:
     """Serve a model repository locally, speaking TF Serving's REST and gRPC APIs.
 
@@ -404,6 +410,9 @@ def serve_command(
             batches, as tensorflow_model_server --enable_batching does (TF Serving's defaults
             when no --batching_parameters_file is given).
         host: address to bind; 127.0.0.1 by default (0.0.0.0 listens on all interfaces).
+        mixed_precision: bfloat16 turns on oneDNN's bf16 rewrite
+            (auto_mixed_precision_onednn_bfloat16) for every model, as tensorflow_model_server
+            --mixed_precision=bfloat16 does; what a bf16 serving-profile export wants.
     """
     _run_until_signalled(_server_from_flags(dict(locals())))
 
@@ -449,6 +458,7 @@ def _server_from_flags(f: dict[str, Any]) -> LocalServer:
         enable_signature_method_name_check=as_bool(f["enable_signature_method_name_check"],
                                                    "--enable_signature_method_name_check"),
         enable_batching=as_bool(f["enable_batching"], "--enable_batching"),
+        mixed_precision=str(f.get("mixed_precision") or ""),  # bf16 hook (issue 12)
     )
 
 

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any  # bf16 hook (issue 12)
 
 from builder.config import lifecycle
 from builder.config.models_config import ModelEntry
@@ -67,9 +68,10 @@ class ModelManager:
 
     def __init__(self, log: logging.Logger, enable_warmup: bool = True, method_check: bool = False,
                  flags: lifecycle.ServerFlags | None = None,
-                 batcher: SharedBatchScheduler | None = None) -> None:
+                 batcher: SharedBatchScheduler | None = None, session_config: Any = None) -> None:
         self.log = log
         self.batcher = batcher  # builder.serve.batching scheduler shared by every version (None: off)
+        self.session_config = session_config  # bf16 hook (issue 12): for every model, as TF Serving
         self.enable_warmup = enable_warmup
         self.method_check = method_check
         self.flags = flags or lifecycle.ServerFlags()
@@ -329,7 +331,7 @@ class ModelManager:
         self._set_state(name, version, "LOADING")
         self.log.info("Loading servable version {name: %s version: %d}", name, version)
         t0 = time.monotonic()
-        s = Servable(name, version, path, self.log, self.method_check)
+        s = Servable(name, version, path, self.log, self.method_check, self.session_config)  # bf16 hook
         s.batcher = self.batcher  # before load: warmup runs through the batcher, as in TF Serving
         try:
             s.load(self.enable_warmup)

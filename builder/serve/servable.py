@@ -39,8 +39,9 @@ class Servable:
     """One model version in its own graph and session."""
 
     def __init__(self, name: str, version: int, path: str, log: logging.Logger,
-                 method_check: bool = False) -> None:
+                 method_check: bool = False, session_config: Any = None) -> None:
         self.name, self.version, self.path, self.log = name, version, path, log
+        self.session_config = session_config  # bf16 hook (issue 12): the --mixed_precision rewrite
         self.method_check = method_check  # --enable_signature_method_name_check
         self.session: Any = None
         self._callables: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
@@ -58,7 +59,7 @@ class Servable:
 
         self.log.info("Reading SavedModel from: %s", self.path)
         graph = tf.Graph()
-        sess = tf.compat.v1.Session(graph=graph)
+        sess = tf.compat.v1.Session(graph=graph, config=self.session_config)  # bf16 hook: config
         try:
             with graph.as_default():
                 meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], self.path)
