@@ -621,28 +621,37 @@ def _dtype_attr(node: Any) -> Any:
 def _try_fold(node: Any, g: _GraphIndex, edit: _Edit, protected: set[str], tf: Any) -> str | None:
     """Apply the first pattern that ends at ``node`` (see ``fold_batch_norms``); its name."""
     if node.op in _BN_OPS:
-        if node.attr["is_training"].b or node.attr["data_format"].s not in (b"", b"NHWC"):
-            return None
-        if any(g.tensor_uses[f"{node.name}:{k}"] for k in range(1, 6)):
-            return None
-        chain = _linear_below(node.input[0], g, protected)
-        if chain is None:
-            return None
-        params = [g.const(i) for i in node.input[1:5]]
-        if any(p is None or p.shape != (chain.channels,) for p in params):
-            return None
-        if not chain.claim(node, edit):
-            return None
-        gamma, beta, mean, var = (p.astype(np.float64) for p in params)
-        eps = node.attr["epsilon"].f if "epsilon" in node.attr else 1e-3
-        scale = gamma / np.sqrt(var + eps)
-        bias = beta - mean * scale + (0.0 if chain.bias is None else chain.bias * scale)
-        dtype = _dtype_attr(node)
-        edit.set_weights(chain.linear, _scaled_weights(chain.linear, chain.weights, scale), tf)
-        chain.detach_bias(edit)
-        edit.as_bias_add(node, chain.feed, bias.astype(chain.weights.dtype), dtype, tf)
-        return "batch_norm"
+        return _fold_batch_norm(node, g, edit, protected, tf)
+    return _fold_arithmetic(node, g, edit, protected, tf)
 
+
+def _fold_batch_norm(node: Any, g: _GraphIndex, edit: _Edit, protected: set[str], tf: Any) -> str | None:
+    """An inference FusedBatchNorm below a linear op: scale the weights, keep one BiasAdd."""
+    if node.attr["is_training"].b or node.attr["data_format"].s not in (b"", b"NHWC"):
+        return None
+    if any(g.tensor_uses[f"{node.name}:{k}"] for k in range(1, 6)):
+        return None
+    chain = _linear_below(node.input[0], g, protected)
+    if chain is None:
+        return None
+    params = [g.const(i) for i in node.input[1:5]]
+    if any(p is None or p.shape != (chain.channels,) for p in params):
+        return None
+    if not chain.claim(node, edit):
+        return None
+    gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+    eps = node.attr["epsilon"].f if "epsilon" in node.attr else 1e-3
+    scale = gamma / np.sqrt(var + eps)
+    bias = beta - mean * scale + (0.0 if chain.bias is None else chain.bias * scale)
+    dtype = _dtype_attr(node)
+    edit.set_weights(chain.linear, _scaled_weights(chain.linear, chain.weights, scale), tf)
+    chain.detach_bias(edit)
+    edit.as_bias_add(node, chain.feed, bias.astype(chain.weights.dtype), dtype, tf)
+    return "batch_norm"
+
+
+def _fold_arithmetic(node: Any, g: _GraphIndex, edit: _Edit, protected: set[str], tf: Any) -> str | None:
+    """A per-channel Mul / Add / Sub / BiasAdd by a constant below a linear op."""
     if node.op not in ("Mul", "Add", "AddV2", "BiasAdd", "Sub") or len(node.input) < 2:
         return None
     if node.op == "BiasAdd" and node.attr["data_format"].s not in (b"", b"NHWC"):
