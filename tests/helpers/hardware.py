@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import shutil
 import subprocess
 
@@ -55,19 +54,8 @@ def gpu_unavailable_reason(needs_tensorrt: bool = True) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def docker_unavailable_reason() -> str | None:
-    """None when a Docker engine answers ping (DOCKER_HOST or the default socket), else why not."""
-    try:
-        import docker
-    except ImportError:
-        return "the docker Python SDK is not installed (pip install docker)"
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    try:
-        client = docker.from_env(timeout=5)
-        client.ping()
-        client.close()
-    except Exception as e:  # noqa: BLE001 - any failure means "no usable engine"
-        cause: BaseException = e
-        while cause.__cause__ is not None or cause.__context__ is not None:
-            cause = cause.__cause__ or cause.__context__  # the socket error, not the SDK wrapper
-        return f"no Docker engine answers ping at {host} ({type(cause).__name__}: {str(cause)[:120]})"
-    return None
+    """None when a Docker engine answers ping (DOCKER_HOST or the default socket), else why not:
+    the product's own probe (``ContainerServer`` uses it), asked once per test session."""
+    from builder.serve.handles import docker_unavailable_reason as probe
+
+    return probe()
