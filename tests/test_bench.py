@@ -4,6 +4,7 @@ REST. Every number asserted comes from an actual run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -14,11 +15,12 @@ import pytest
 from builder.bench import benchmark, candidates, measure, report, runners
 from builder.core.errors import GraphError, InputError, ServingError
 from builder.export import pipeline
+from builder.options import LoaderFlags
 from builder.serve.local import LocalServer
 from tests.helpers import CKPT_FLAGS, models, run_builder
 
-LOADER_FLAGS = dict(inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},
-                    input_alias={"input": "images"}, input_shapes={"input": "?x8x8x3"})
+LOADER_FLAGS = dict(loader=LoaderFlags(inputs=["input"], outputs=["embeddings"], feed={"phase_train": "false"},
+                                        input_alias={"input": "images"}, input_shapes={"input": "?x8x8x3"}))
 BATCHES = [1, 4]
 
 
@@ -135,7 +137,7 @@ def test_unreachable_server_is_a_serving_error(repo):
 def test_each_error_names_its_candidate_once(tiny_ckpt, repo, tmp_path):
     """Loader errors get the candidate's label added; a runner's own errors (typed, already
     naming the candidate) are not prefixed a second time. Same error classes either way."""
-    o = _options([f"ckpt={tiny_ckpt}"], **{**LOADER_FLAGS, "outputs": ["no_such_node"]})
+    o = _options([f"ckpt={tiny_ckpt}"], loader=dataclasses.replace(LOADER_FLAGS["loader"], outputs=["no_such_node"]))
     with pytest.raises(GraphError) as e:
         benchmark.run_benchmark(o)
     assert str(e.value).startswith("candidate 'ckpt': ") and str(e.value).count("candidate ") == 1
@@ -151,7 +153,7 @@ def test_each_error_names_its_candidate_once(tiny_ckpt, repo, tmp_path):
 
 
 def test_mismatched_input_names_are_reported(tiny_ckpt, repo):
-    flags = {**LOADER_FLAGS, "input_alias": {}}  # the checkpoint's input is then called "input"
+    flags = {"loader": dataclasses.replace(LOADER_FLAGS["loader"], input_alias={})}  # input is then "input"
     o = _options([f"export={repo / 'toy' / '1'}", f"ckpt={tiny_ckpt}"], **flags)
     with pytest.raises(InputError, match=r"candidate 'ckpt' takes inputs \['input'\].*--input_alias"):
         benchmark.run_benchmark(o)

@@ -68,7 +68,7 @@ from builder.bench.report import flops_text, output_names, render_markdown, writ
 from builder.bench.runners import Runner, open_runner
 from builder.core import log
 from builder.core.errors import InputError
-from builder.options import as_bool, as_float, as_int, as_int_list, as_list, as_mapping
+from builder.options import LoaderFlags, as_bool, as_float, as_int, as_int_list, as_list
 
 _LOG = log.get(__name__)
 
@@ -435,13 +435,8 @@ def benchmark_command(
         samples=str(samples) if samples else None,
         seed=as_int(seed, "--seed"),
         signature=str(signature),
-        inputs=as_list(inputs, "--inputs"),
-        outputs=as_list(outputs, "--outputs"),
-        feed=as_mapping(feed, "--feed"),
-        input_alias=as_mapping(input_alias, "--input_alias"),
-        output_alias=as_mapping(output_alias, "--output_alias"),
-        input_shapes=as_mapping(input_shapes, "--input_shapes"),
-        tags=as_list(tags, "--tags") or ["serve"],
+        loader=LoaderFlags.from_cli(inputs=inputs, outputs=outputs, feed=feed, input_alias=input_alias,
+                                    output_alias=output_alias, input_shapes=input_shapes, tags=tags),
         gemm_size=as_int(gemm_size, "--gemm_size"),
         flops=as_bool(flops, "--flops"),
         timeout=as_float(timeout, "--timeout"),

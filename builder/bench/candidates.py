@@ -11,6 +11,7 @@ from typing import Any
 
 from builder.core import artifact
 from builder.core.errors import InputError
+from builder.options import LoaderFlags
 
 SOURCE_KINDS = ("checkpoint", "frozen", "savedmodel", "keras")
 KINDS = (*SOURCE_KINDS, "export", "grpc", "rest")
@@ -246,14 +247,7 @@ class BenchOptions:
     samples: str | None = None
     seed: int = 0
     signature: str = "serving_default"
-    # loader flags for source-flow candidates
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    feed: dict[str, str] = field(default_factory=dict)
-    input_alias: dict[str, str] = field(default_factory=dict)
-    output_alias: dict[str, str] = field(default_factory=dict)
-    input_shapes: dict[str, str] = field(default_factory=dict)
-    tags: list[str] = field(default_factory=lambda: ["serve"])
+    loader: LoaderFlags = field(default_factory=LoaderFlags)  # for source-flow candidates
     gemm_size: int = 2048  # 0 = skip the GEMM measurement
     flops: bool = True
     timeout: float = 300.0  # per server request
@@ -292,7 +286,7 @@ def validate(o: BenchOptions) -> None:
         raise InputError(f"--basename {o.basename!r}: use letters, digits, '_', '.', '-'")
     from builder.load import loaders
 
-    for k, v in o.input_shapes.items():
+    for k, v in o.loader.input_shapes.items():
         loaders.parse_shape(v, f"--input_shapes {k}")
     from builder.bench import concurrent
 

@@ -75,10 +75,10 @@ class SourceRunner(Runner):
 
         self.spec = spec
         self.model = loaders.load(
-            spec.target, spec.kind, inputs=o.inputs, outputs=o.outputs, feeds=o.feed,
-            input_alias=o.input_alias, output_alias=o.output_alias,
-            input_shapes={k: loaders.parse_shape(v) for k, v in o.input_shapes.items()},
-            tags=o.tags, signature=o.signature,
+            spec.target, spec.kind, inputs=o.loader.inputs, outputs=o.loader.outputs, feeds=o.loader.feed,
+            input_alias=o.loader.input_alias, output_alias=o.loader.output_alias,
+            input_shapes={k: loaders.parse_shape(v) for k, v in o.loader.input_shapes.items()},
+            tags=o.loader.tags, signature=o.signature,
         )
         self.inputs = list(self.model.inputs)
         self.output_aliases = [t.alias for t in self.model.outputs]
@@ -107,7 +107,7 @@ class SavedModelRunner(Runner):
         try:
             with self.graph.as_default():
                 try:
-                    mg = tf.compat.v1.saved_model.loader.load(self.sess, o.tags, spec.target)
+                    mg = tf.compat.v1.saved_model.loader.load(self.sess, o.loader.tags, spec.target)
                 except (RuntimeError, tf.errors.OpError, OSError, ValueError) as e:
                     raise CandidateInputError(f"candidate {spec.spec!r}: {spec.target} does not "
                                               f"load as a SavedModel: {first_line(e)}") from None
