@@ -147,9 +147,9 @@ def test_server_flags_follow_ports_and_config_dir():
 # ------------------------------------------------------------------------------------------
 
 
-def test_prepare_build_context_contents(repo, configs, tmp_path):
+def test_prepare_writes_the_build_context(repo, configs, tmp_path):
     out = tmp_path / "ctx"
-    ctx = image.prepare_build_context(repo, out, "2.17.0", **configs)
+    ctx = image.prepare(repo, out, "2.17.0", **configs).path
     assert ctx == out
     assert (out / "Dockerfile").read_bytes() == (ROOT / "Dockerfile.serving").read_bytes()
     for v in (1, 2):
@@ -189,7 +189,7 @@ def test_context_model_filter(repo, configs, tmp_path):
 def test_trt_artefact_refused_for_cpu_image(trt_repo, configs, tmp_path):
     out = tmp_path / "ctx"
     with pytest.raises(CompatibilityError, match="CPU image") as e:
-        image.prepare_build_context(trt_repo, out, "2.17.0", **configs)
+        image.prepare(trt_repo, out, "2.17.0", **configs)
     assert "tiny/1" in str(e.value) and "\n" not in str(e.value)
     assert not out.exists()
     assert not list(tmp_path.glob(".ctx*"))
@@ -198,7 +198,7 @@ def test_trt_artefact_refused_for_cpu_image(trt_repo, configs, tmp_path):
 def test_trt_artefact_refused_for_2_18_gpu(trt_repo, configs, tmp_path):
     out = tmp_path / "ctx"
     with pytest.raises(CompatibilityError, match="2.18.0-gpu cannot load TensorRT"):
-        image.prepare_build_context(trt_repo, out, "2.18.0-gpu", **configs)
+        image.prepare(trt_repo, out, "2.18.0-gpu", **configs)
     assert not out.exists()
 
 
@@ -234,7 +234,7 @@ def test_models_config_with_host_base_path_refused(repo, configs, tmp_path):
     configs["models_config"].write_text(MODELS_CONFIG.replace("/models/tiny", str(repo / "tiny")))
     out = tmp_path / "ctx"
     with pytest.raises(ConfigError, match="base_path /models") as e:
-        image.prepare_build_context(repo, out, "2.17.0", **configs)
+        image.prepare(repo, out, "2.17.0", **configs)
     assert str(configs["models_config"]) in str(e.value)
     assert not out.exists() and not list(tmp_path.glob(".ctx*"))
 
@@ -243,13 +243,13 @@ def test_models_config_for_missing_model_refused(repo, configs, tmp_path):
     configs["models_config"].write_text(MODELS_CONFIG.replace('"tiny"', '"ghost"')
                                         .replace("/models/tiny", "/models/ghost"))
     with pytest.raises(ConfigError, match="'ghost' is not in the image"):
-        image.prepare_build_context(repo, tmp_path / "ctx", "2.17.0", **configs)
+        image.prepare(repo, tmp_path / "ctx", "2.17.0", **configs)
 
 
 def test_models_config_syntax_error_refused(repo, configs, tmp_path):
     configs["models_config"].write_text("model_config_list { config { nme: 1 } }")
     with pytest.raises(ConfigError, match="not a ModelServerConfig"):
-        image.prepare_build_context(repo, tmp_path / "ctx", "2.17.0", **configs)
+        image.prepare(repo, tmp_path / "ctx", "2.17.0", **configs)
     assert not (tmp_path / "ctx").exists()
 
 
@@ -258,20 +258,20 @@ def test_existing_context_needs_overwrite(repo, configs, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="--overwrite"):
-        image.prepare_build_context(repo, out, "2.17.0", **configs)
+        image.prepare(repo, out, "2.17.0", **configs)
     assert (out / "keep.txt").read_text() == "mine"
-    image.prepare_build_context(repo, out, "2.17.0", overwrite=True, **configs)
+    image.prepare(repo, out, "2.17.0", overwrite=True, **configs)
     assert not (out / "keep.txt").exists() and (out / "Dockerfile").is_file()
     assert not list(tmp_path.glob(".ctx.old-*"))
 
 
 def test_bad_inputs_are_one_line_errors(repo, configs, tmp_path):
     with pytest.raises(InputError, match="--repo"):
-        image.prepare_build_context(tmp_path / "nope", tmp_path / "c", "2.17.0", **configs)
+        image.prepare(tmp_path / "nope", tmp_path / "c", "2.17.0", **configs)
     with pytest.raises(InputError, match="--serving_tag"):
-        image.prepare_build_context(repo, tmp_path / "c", "tensorflow/serving:2.17.0", **configs)
+        image.prepare(repo, tmp_path / "c", "tensorflow/serving:2.17.0", **configs)
     with pytest.raises(InputError, match="--batching"):
-        image.prepare_build_context(repo, tmp_path / "c", "2.17.0",
+        image.prepare(repo, tmp_path / "c", "2.17.0",
                                     models_config=configs["models_config"],
                                     batching=tmp_path / "missing.txt")
     assert not (tmp_path / "c").exists()
@@ -281,7 +281,7 @@ def test_default_configs_are_generated(repo, tmp_path):
     """Without config files the context gets the project's generated models.config/batching/
     monitoring (builder.serving_config and builder.batching)."""
     out = tmp_path / "ctx"
-    image.prepare_build_context(repo, out, "2.17.0")
+    image.prepare(repo, out, "2.17.0")
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
@@ -302,7 +302,7 @@ def test_default_configs_are_generated(repo, tmp_path):
 def test_bad_batching_file_refused_before_copying(repo, configs, tmp_path):
     configs["batching"].write_text(BATCHING.replace("value: 100 }", "value: 64 }", 1))
     with pytest.raises(ConfigError, match="--batching .*must equal max_batch_size"):
-        image.prepare_build_context(repo, tmp_path / "ctx", "2.17.0", **configs)
+        image.prepare(repo, tmp_path / "ctx", "2.17.0", **configs)
     assert not (tmp_path / "ctx").exists() and not list(tmp_path.glob(".ctx*"))
 
 
@@ -429,7 +429,7 @@ def test_real_docker_build_and_serve(repo, configs, tmp_path):
     """docker build the context FROM tensorflow/serving:2.17.0, run it, and predict over REST.
     (The docker marker's hook in conftest.py skips it, with the reason, without an engine.)"""
     client = docker.docker_client()
-    ctx = image.prepare_build_context(repo, tmp_path / "ctx", "2.17.0", **configs)
+    ctx = image.prepare(repo, tmp_path / "ctx", "2.17.0", **configs)
     tag = f"tfs-builder-test/tiny:{os.getpid()}"
     docker.build_and_push(ctx, tag, "2.17.0", push=False, client=client)
     port = _free_port()
@@ -474,7 +474,7 @@ def test_tensorrt_major_mismatch_refused_minor_mismatch_warned(trt_repo, configs
     _set_build_info(v, tensorrt={"loaded_version": [10, 3, 0]})
     with pytest.raises(CompatibilityError, match="ships TensorRT 8.6.1 but the engines were built "
                                                  "with TensorRT 10.3.0"):
-        image.prepare_build_context(trt_repo, tmp_path / "a", "2.17.0-gpu", **configs)
+        image.prepare(trt_repo, tmp_path / "a", "2.17.0-gpu", **configs)
     assert not (tmp_path / "a").exists()
     _set_build_info(v, tensorrt={"loaded_version": [8, 5, 3]})
     ctx = image.prepare(trt_repo, tmp_path / "b", "2.17.0-gpu", **configs)
@@ -495,4 +495,4 @@ def test_custom_op_refused_for_every_stock_image(repo, configs, tmp_path):
     assert image.scan_version("tiny", 2, pb.parent).missing_ops == {"Addons>MyCustomOp"}
     for tag in ("2.17.0", "2.17.0-gpu"):
         with pytest.raises(CompatibilityError, match="cannot run ops Addons>MyCustomOp"):
-            image.prepare_build_context(repo, tmp_path / tag, tag, **configs)
+            image.prepare(repo, tmp_path / tag, tag, **configs)

@@ -321,26 +321,6 @@ def _link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
-def prepare_build_context(
-    repo: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    image_tag: str = DEFAULT_SERVING_TAG,
-    models_config: str | os.PathLike | None = None,
-    batching: str | os.PathLike | None = None,
-    monitoring: str | os.PathLike | None = None,
-    models: Iterable[str] | None = None,
-    overwrite: bool = False,
-    dockerfile: str | os.PathLike | None = None,
-) -> Path:
-    """Gate, then write ``out_dir``: Dockerfile, models/, config/, and build.json.
-
-    ``image_tag`` is the tensorflow/serving tag (SERVING_TAG build arg). The context appears
-    whole or not at all: it is assembled in a hidden sibling directory and renamed into place.
-    """
-    return prepare(repo, out_dir, image_tag, models_config, batching, monitoring, models,
-                   overwrite, dockerfile).path
-
-
 def prepare(
     repo: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -352,7 +332,8 @@ def prepare(
     overwrite: bool = False,
     dockerfile: str | os.PathLike | None = None,
 ) -> BuildContext:
-    """Like ``prepare_build_context`` but returns the full ``BuildContext``.
+    """Gate, then write ``out_dir``: Dockerfile, models/, config/, and build.json; the full
+    ``BuildContext`` (its ``.path`` is the context directory).
 
     Steps: read the user's files (a typo fails before anything is copied), scan and gate the
     artefacts, assemble the context in a hidden sibling, swap it into place.
