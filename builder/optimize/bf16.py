@@ -248,25 +248,16 @@ def bake_graph(graph_def: Any, inputs: list[Any], outputs: list[Any]
 def check_baked_graph(graph_def: Any, inputs: list[Any] = (), outputs: list[Any] = ()) -> None:
     """Only public registered ops; imports in a fresh graph; the signature keeps its dtypes
     (FP32 in, FP32 out: the casts stay inside the graph, so clients see no change)."""
-    import tensorflow as tf
+    from builder.optimize import cpu as _cpu
 
-    from builder.config import compat
-
-    bad = compat.unregistered_ops(graph_def) | compat.internal_ops(graph_def)
-    if bad:
-        raise GraphError(f"--bake produced non-standard ops {sorted(bad)}: this is a bug in "
-                         "tfs-builder; export without --bake (the serving profile) meanwhile")
-    with tf.Graph().as_default() as g:
-        try:
-            tf.graph_util.import_graph_def(graph_def, name="")
-        except (ValueError, tf.errors.OpError) as e:
-            raise GraphError(f"the baked bf16 graph does not import ({str(e).splitlines()[0]}): "
-                             "export without --bake") from None
-        for t in [*inputs, *outputs]:
-            got = g.get_tensor_by_name(t.tensor).dtype.name
-            if got != t.dtype:
-                raise GraphError(f"--bake changed {t.alias} ({t.tensor}) from {t.dtype} to {got}:"
-                                 " export without --bake")
+    g = _cpu.import_standard_graph(graph_def, producer="--bake", label="the baked bf16 graph",
+                                   bug_fallback="export without --bake (the serving profile)",
+                                   fallback="export without --bake")
+    for t in [*inputs, *outputs]:
+        got = g.get_tensor_by_name(t.tensor).dtype.name
+        if got != t.dtype:
+            raise GraphError(f"--bake changed {t.alias} ({t.tensor}) from {t.dtype} to {got}:"
+                             " export without --bake")
 
 
 def _all_nodes(gd: Any) -> list[Any]:

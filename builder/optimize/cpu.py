@@ -332,28 +332,36 @@ def check_standard_graph(graph_def: Any, inputs: list[TensorInfo] = (), outputs:
                          ) -> None:
     """The optimised graph must import in a fresh graph and use only public registered ops
     (what stock TF Serving loads); internal ``_Op`` types would tie it to one TF version."""
+    g = import_standard_graph(graph_def, producer="the cpu optimiser", label="the cpu-optimised graph",
+                              bug_fallback="export with --optimize none",
+                              fallback="export with --optimize none")
+    for t in [*inputs, *outputs]:
+        try:
+            g.get_tensor_by_name(t.tensor)
+        except (KeyError, ValueError):
+            raise GraphError(f"the cpu optimiser lost signature tensor {t.tensor} "
+                             f"({t.alias}): export with --optimize none") from None
+
+
+def import_standard_graph(graph_def: Any, *, producer: str, label: str, bug_fallback: str,
+                          fallback: str) -> Any:
+    """A rewritten GraphDef (cpu optimiser, bf16 bake) imported into a fresh ``tf.Graph``, after
+    checking it holds only public registered ops. Non-standard ops are our bug (the message says
+    so and names ``bug_fallback``); a graph that does not import names ``fallback``."""
     import tensorflow as tf
 
     from builder.config import compat
 
     bad = compat.unregistered_ops(graph_def) | compat.internal_ops(graph_def)
     if bad:
-        raise GraphError(
-            f"the cpu optimiser produced non-standard ops {sorted(bad)}: this is a bug in "
-            "tfs-builder; export with --optimize none meanwhile"
-        )
+        raise GraphError(f"{producer} produced non-standard ops {sorted(bad)}: this is a bug in "
+                         f"tfs-builder; {bug_fallback} meanwhile")
     with tf.Graph().as_default() as g:
         try:
             tf.graph_util.import_graph_def(graph_def, name="")
         except (ValueError, tf.errors.OpError) as e:
-            raise GraphError(f"the cpu-optimised graph does not import ({str(e).splitlines()[0]}): "
-                             "export with --optimize none") from None
-        for t in [*inputs, *outputs]:
-            try:
-                g.get_tensor_by_name(t.tensor)
-            except (KeyError, ValueError):
-                raise GraphError(f"the cpu optimiser lost signature tensor {t.tensor} "
-                                 f"({t.alias}): export with --optimize none") from None
+            raise GraphError(f"{label} does not import ({str(e).splitlines()[0]}): {fallback}") from None
+    return g
 
 
 def op_delta(before: Counter, after: Counter) -> dict[str, int]:
